@@ -1,0 +1,153 @@
+"""The events of a run's history: a msgspec tagged union, one frozen Struct per kind.
+
+Every event is small and stable: the tag (``type``) and field names are persisted and must never change once
+released. Payloads chosen by the user (workflow input, step arguments and results, recorded values) are kept as
+``msgspec.Raw`` JSON so that they are stored, read and exported without ever being re-encoded.
+
+Events that belong to a command carry its ``command_id``: the per-run sequence number the workflow code allocated
+when it issued the command (at call time, so ``asyncio.gather`` numbers commands in argument order).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import msgspec
+
+FORMAT_VERSION = 1
+"""Version of the event format; bumped (never reused) when an event changes incompatibly."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """An exception as recorded in the history: its type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of every event. ``forbid_unknown_fields=False`` lets an older reader skip fields added later."""
+
+
+class RunStarted(_Event, tag="run_started"):
+    """The first event of every run: which workflow, with which input, and the seed for ``ctx.random()``."""
+
+    workflow: str
+    input: msgspec.Raw
+    run_id: str
+    random_seed: int
+    parent_id: str | None = None
+
+
+class StepScheduled(_Event, tag="step_scheduled"):
+    """The workflow called a step. Written in the same commit as the step's first outcome."""
+
+    command_id: int
+    name: str
+    args: msgspec.Raw
+    digest: str
+
+
+class StepCompleted(_Event, tag="step_completed"):
+    """A step attempt returned; ``result`` is what the workflow receives, now and on every replay."""
+
+    command_id: int
+    name: str
+    attempt: int
+    result: msgspec.Raw
+    duration_ms: float
+
+
+class StepFailed(_Event, tag="step_failed"):
+    """A step attempt raised. ``retry_at`` is set when another attempt follows, ``None`` when the failure is final
+    and is raised into the workflow as ``StepFailed``."""
+
+    command_id: int
+    name: str
+    attempt: int
+    error: ErrorInfo
+    duration_ms: float
+    retry_at: datetime | None = None
+
+
+class TimerStarted(_Event, tag="timer_started"):
+    """A durable timer (``ctx.sleep``, ``asyncio.sleep``, a timeout) that fires at ``fire_at``."""
+
+    command_id: int
+    fire_at: datetime
+    seconds: float
+
+
+class TimerFired(_Event, tag="timer_fired"):
+    """The timer's time came; the workflow is resumed past its sleep."""
+
+    command_id: int
+
+
+class ValueRecorded(_Event, tag="value_recorded"):
+    """A value the workflow drew from the world (``ctx.now()``, ``ctx.uuid4()``), replayed as recorded."""
+
+    command_id: int
+    kind: str
+    value: msgspec.Raw
+
+
+class RunCompleted(_Event, tag="run_completed"):
+    """The workflow function returned ``result``."""
+
+    result: msgspec.Raw
+
+
+class RunFailed(_Event, tag="run_failed"):
+    """The workflow function raised."""
+
+    error: ErrorInfo
+
+
+class RunCancelled(_Event, tag="run_cancelled"):
+    """The run was cancelled on request."""
+
+    reason: str
+
+
+Event: TypeAlias = (
+    RunStarted
+    | StepScheduled
+    | StepCompleted
+    | StepFailed
+    | TimerStarted
+    | TimerFired
+    | ValueRecorded
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
+
+EVENT_TYPES: dict[str, type[Any]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        RunStarted,
+        StepScheduled,
+        StepCompleted,
+        StepFailed,
+        TimerStarted,
+        TimerFired,
+        ValueRecorded,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+    )
+}
+"""Every event class by its persisted tag."""
+
+TERMINAL_EVENTS = (RunCompleted, RunFailed, RunCancelled)
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as stored: its 1-based position in the run's history, the time it was appended, the event."""
+
+    seq: int
+    at: datetime
+    event: Event

@@ -1,0 +1,270 @@
+"""The in-memory store: the reference implementation of ``Store``, for users' unit tests and ``durable.testing``.
+
+Same semantics as the database stores (the contract suite runs against it too); nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+
+import msgspec
+
+from ._errors import HistoryConflict, LeaseLost, RunNotFound
+from ._events import RecordedEvent, RunStarted
+from ._notify import Hub
+from ._records import (
+    FINISHED_STATUSES,
+    PENDING,
+    RUNNING,
+    Append,
+    Claim,
+    Heartbeat,
+    NewRun,
+    RunPage,
+    RunRecord,
+)
+from ._cursor import decode_cursor, encode_cursor
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MemoryStore:
+    """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
+
+    def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:
+        self.url = url
+        self.hub = Hub()
+        self.clock = clock
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, list[RecordedEvent]] = {}
+        self._workflows: dict[str, set[str]] = {}
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
+        """Create the run and its ``RunStarted`` event, or return the existing run with that id."""
+        async with self._lock:
+            existing = self._runs.get(new.id)
+            if existing is not None:
+                return existing, False
+            now = self.clock()
+            run = RunRecord(
+                id=new.id,
+                workflow=new.workflow,
+                status=PENDING,
+                input=bytes(new.input),
+                created_at=now,
+                updated_at=now,
+                next_seq=2,
+                queue=new.queue,
+                priority=new.priority,
+                parent_id=new.parent_id,
+                wake_at=new.wake_at,
+            )
+            started = RunStarted(
+                workflow=new.workflow,
+                input=new.input,
+                run_id=new.id,
+                random_seed=new.random_seed,
+                parent_id=new.parent_id,
+            )
+            self._runs[new.id] = run
+            self._events[new.id] = [RecordedEvent(seq=1, at=now, event=started)]
+        self.hub.notify_work()
+        return run, True
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's row, or ``None``."""
+        return self._runs.get(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered, keyset-paginated."""
+        runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        if workflow is not None:
+            runs = [r for r in runs if r.workflow == workflow]
+        if status is not None:
+            runs = [r for r in runs if r.status == status]
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            runs = [r for r in runs if (r.created_at, r.id) < after]
+        page = runs[:limit]
+        more = len(runs) > limit
+        return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+
+    async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
+        """The run's events after ``after_seq``."""
+        return self._events.get(run_id, [])[after_seq:]
+
+    def _ready(self, run: RunRecord, now: datetime, workflows: Sequence[str]) -> bool:
+        if run.status in FINISHED_STATUSES or run.workflow not in workflows:
+            return False
+        if run.wake_at is not None and run.wake_at > now:
+            return False
+        return run.lease_owner is None or (run.lease_expires_at is not None and run.lease_expires_at <= now)
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready runs, highest priority first, then oldest."""
+        async with self._lock:
+            now = self.clock()
+            ready = [r for r in self._runs.values() if self._ready(r, now, workflows)]
+            ready.sort(key=lambda r: (-r.priority, r.wake_at or r.created_at, r.created_at, r.id))
+            claims = []
+            for run in ready[:limit]:
+                leased = msgspec.structs.replace(
+                    run,
+                    status=RUNNING,
+                    lease_owner=worker_id,
+                    lease_epoch=run.lease_epoch + 1,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    started_at=run.started_at or now,
+                    updated_at=now,
+                    wake_at=None,
+                )
+                self._runs[run.id] = leased
+                claims.append(Claim(run=leased, history=list(self._events[run.id])))
+            return claims
+
+    def _holds(self, run: RunRecord | None, worker_id: str, epoch: int, now: datetime) -> bool:
+        return (
+            run is not None
+            and run.lease_owner == worker_id
+            and run.lease_epoch == epoch
+            and run.lease_expires_at is not None
+            and run.lease_expires_at > now
+        )
+
+    async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
+        """Apply each append if its writer holds the lease and starts at the next sequence number."""
+        outcomes: list[Exception | None] = []
+        finished: list[str] = []
+        wake = False
+        async with self._lock:
+            now = self.clock()
+            for item in batch:
+                run = self._runs.get(item.run_id)
+                if run is None or not self._holds(run, item.worker_id, item.epoch, now):
+                    outcomes.append(LeaseLost(f"run {item.run_id!r}: this worker no longer holds its lease"))
+                    continue
+                if run.next_seq != item.first_seq:
+                    outcomes.append(
+                        HistoryConflict(
+                            f"run {item.run_id!r}: append at event {item.first_seq} but the history's next "
+                            f"event is {run.next_seq}"
+                        )
+                    )
+                    continue
+                events = self._events[item.run_id]
+                for offset, event in enumerate(item.events):
+                    events.append(RecordedEvent(seq=item.first_seq + offset, at=item.at, event=event))
+                self._runs[item.run_id] = self._apply(run, item, now)
+                outcomes.append(None)
+                if item.status in FINISHED_STATUSES:
+                    finished.append(item.run_id)
+                elif item.release:
+                    wake = True
+        for run_id in finished:
+            self.hub.notify_finished(run_id)
+        if wake:
+            self.hub.notify_work()
+        return outcomes
+
+    @staticmethod
+    def _apply(run: RunRecord, item: Append, now: datetime) -> RunRecord:
+        status = item.status or run.status
+        changes: dict[str, object] = {
+            "status": status,
+            "next_seq": run.next_seq + len(item.events),
+            "updated_at": now,
+            "blocked": None,
+            "wake_at": item.wake_at,
+        }
+        if item.result is not None:
+            changes["result"] = item.result
+        if item.error is not None:
+            changes["error"] = item.error
+        if status in FINISHED_STATUSES:
+            changes["finished_at"] = now
+            changes["wake_at"] = None
+        if item.release or status in FINISHED_STATUSES:
+            changes.update(lease_owner=None, lease_expires_at=None)
+        return msgspec.structs.replace(run, **changes)
+
+    async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
+        """Extend held leases; report lost ones and requested cancellations."""
+        lost: set[str] = set()
+        cancels: dict[str, str] = {}
+        async with self._lock:
+            now = self.clock()
+            for run_id, epoch in leases.items():
+                run = self._runs.get(run_id)
+                if run is None or not self._holds(run, worker_id, epoch, now):
+                    lost.add(run_id)
+                    continue
+                self._runs[run_id] = msgspec.structs.replace(
+                    run, lease_expires_at=now + timedelta(seconds=lease_seconds)
+                )
+                if run.cancel_reason is not None:
+                    cancels[run_id] = run.cancel_reason
+        return Heartbeat(lost=frozenset(lost), cancels=cancels)
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
+        """Record a cancellation request; a sleeping run becomes ready now."""
+        async with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if run.finished:
+                return run
+            run = msgspec.structs.replace(run, cancel_reason=reason, wake_at=None, updated_at=self.clock())
+            self._runs[run_id] = run
+        self.hub.notify_work()
+        return run
+
+    async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
+        """Flag a diverged run and release it until ``retry_at``."""
+        async with self._lock:
+            run = self._runs.get(run_id)
+            if not self._holds(run, worker_id, epoch, self.clock()):
+                raise LeaseLost(f"run {run_id!r}: this worker no longer holds its lease")
+            assert run is not None
+            self._runs[run_id] = msgspec.structs.replace(
+                run, blocked=report, wake_at=retry_at, lease_owner=None, lease_expires_at=None
+            )
+
+    async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
+        """Earliest future wake time among unleased, unfinished runs of these workflows."""
+        times = [
+            r.wake_at
+            for r in self._runs.values()
+            if r.wake_at is not None
+            and r.workflow in workflows
+            and r.status not in FINISHED_STATUSES
+            and r.lease_owner is None
+        ]
+        return min(times, default=None)
+
+    async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
+        """Remember the names this worker serves."""
+        self._workflows[worker_id] = set(names)
+
+    async def known_workflows(self) -> set[str]:
+        """Every name any worker registered."""
+        return set().union(*self._workflows.values()) if self._workflows else set()

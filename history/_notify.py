@@ -1,0 +1,78 @@
+"""In-process wake-ups: "there is work" for workers, "run X finished" for callers awaiting a result.
+
+A store calls ``notify_work``/``notify_finished`` after its own commits; the Postgres store also relays NOTIFYs
+from other processes. Waiters always re-check the database after waking, so a lost wake-up costs at most the
+waiter's poll interval, never a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class WorkSignal:
+    """One worker's subscription to "there may be work": set by any notify, cleared by each wait."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Wake the subscriber."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notify; True if one came."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+        return True
+
+    def close(self) -> None:
+        """Stop receiving notifies."""
+        self._hub._work.discard(self)
+
+
+class Hub:
+    """Fan-out of wake-ups inside one process."""
+
+    def __init__(self) -> None:
+        self._work: set[WorkSignal] = set()
+        self._finished: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
+
+    def subscribe_work(self) -> WorkSignal:
+        """A new subscription to work notifications."""
+        signal = WorkSignal(self)
+        self._work.add(signal)
+        return signal
+
+    def notify_work(self) -> None:
+        """Tell every subscribed worker that runs may be ready."""
+        for signal in self._work:
+            signal.set()
+
+    def notify_finished(self, run_id: str) -> None:
+        """Wake whoever waits for ``run_id`` to finish."""
+        for waiter in self._finished.pop(run_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_finished(self, run_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a finish notification of ``run_id``."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._finished[run_id].append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiters = self._finished.get(run_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._finished[run_id]
+        return True

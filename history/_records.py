@@ -1,0 +1,111 @@
+"""Plain records exchanged with a store: a run's row, a new run, an append, a claim."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from ._events import ErrorInfo, Event, RecordedEvent
+
+PENDING = "pending"
+RUNNING = "running"
+WAITING = "waiting"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+STATUSES = (PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED)
+FINISHED_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+"""A run in one of these has a terminal event; it is never claimed again."""
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    """A run's row: its current state, derived from (and updated with) its history.
+
+    ``result`` is the raw JSON of the workflow's return value. ``blocked`` holds the report of a
+    ``NonDeterminismError`` while the run waits for fixed code; ``cancel_reason`` a pending cancellation.
+    """
+
+    id: str
+    workflow: str
+    status: str
+    input: bytes
+    created_at: datetime
+    updated_at: datetime
+    next_seq: int
+    lease_epoch: int = 0
+    queue: str = "default"
+    priority: int = 0
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    wake_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_reason: str | None = None
+    blocked: str | None = None
+    parent_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the run has completed, failed or been cancelled."""
+        return self.status in FINISHED_STATUSES
+
+
+class NewRun(msgspec.Struct, frozen=True):
+    """What ``Store.create_run`` needs; its ``RunStarted`` event becomes event 1 of the history."""
+
+    id: str
+    workflow: str
+    input: msgspec.Raw
+    random_seed: int
+    queue: str = "default"
+    priority: int = 0
+    parent_id: str | None = None
+    wake_at: datetime | None = None
+
+
+class Append(msgspec.Struct, frozen=True):
+    """Events to add to one run's history, fenced by the lease epoch and the expected next sequence number.
+
+    The run row is updated in the same commit: ``status`` (if not None), ``result``/``error`` (terminal runs),
+    ``wake_at``, and when ``release`` is true the lease is given up so the run can be claimed again at
+    ``wake_at`` (``None``: never, unless woken). ``at`` is the time stamped on every event of the batch.
+    ``events`` may be empty (a pure status update or release).
+    """
+
+    run_id: str
+    worker_id: str
+    epoch: int
+    first_seq: int
+    events: Sequence[Event]
+    at: datetime
+    status: str | None = None
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    wake_at: datetime | None = None
+    release: bool = False
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """A run this worker now leases (``run.lease_epoch`` is its fencing token), with its whole history."""
+
+    run: RunRecord
+    history: list[RecordedEvent]
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """What a heartbeat learned: runs whose lease this worker lost, and cancellations requested since."""
+
+    lost: frozenset[str]
+    cancels: dict[str, str]
+
+
+class RunPage(msgspec.Struct, frozen=True):
+    """One page of runs, newest first; pass ``next_cursor`` back to get the next page."""
+
+    runs: list[RunRecord]
+    next_cursor: str | None

@@ -1,0 +1,90 @@
+"""The storage interface every backend implements, and the URL parsing that picks a backend.
+
+A ``Store`` keeps runs (one row each) and their append-only histories. Its guarantees, checked by the contract
+suite in ``tests/test_store_contract.py`` against every backend:
+
+* events are never updated or deleted (the database refuses it, not only this code);
+* ``append`` succeeds only for the current lease holder (``worker_id`` and ``epoch``) and only at the run's next
+  sequence number, so a stale worker's append fails with ``LeaseLost`` and never interleaves;
+* ``create_run`` is idempotent on the run id: a second create returns the existing run;
+* ``claim`` hands each ready run to at most one worker at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ._events import RecordedEvent
+from ._notify import Hub
+from ._records import Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A backend for runs and histories. Obtain one with ``history.open_store(url)``."""
+
+    url: str
+    """The URL it was opened with, password removed (for messages)."""
+
+    hub: Hub
+    """In-process wake-ups; backends that can (Postgres) also feed it from other processes."""
+
+    async def open(self) -> None:
+        """Connect and create or upgrade the schema (guarded against two processes doing it at once)."""
+
+    async def close(self) -> None:
+        """Release connections. The store cannot be used afterwards."""
+
+    async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
+        """Create a run with ``RunStarted`` as event 1; return ``(run, True)``, or ``(existing, False)``
+        when a run with that id exists already (the id is an idempotency key)."""
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's row, or ``None``."""
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first (by creation time, then id), filtered, with keyset pagination."""
+
+    async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
+        """The run's events with ``seq > after_seq`` in order, in one round trip."""
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready runs of the given workflows to ``worker_id`` and return them with their
+        histories. Ready: not finished, ``wake_at`` null or past, and no live lease. Highest priority first,
+        then earliest ``wake_at``/creation. Claiming bumps ``lease_epoch`` and sets status ``running``."""
+
+    async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
+        """Apply each append atomically (events and row update in one commit; a backend may share one commit
+        between the items). Returns, per item, ``None`` or the ``LeaseLost``/``HistoryConflict`` that refused it.
+        Notifies waiters of ``run finished`` and of newly ready work."""
+
+    async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
+        """Extend the leases held (run id -> epoch); report lost ones and pending cancellations."""
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
+        """Ask for a run to be cancelled: records the reason and makes a sleeping run ready now. Raises
+        ``RunNotFound``; a finished run is returned unchanged."""
+
+    async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
+        """Leave a run whose replay diverged untouched but flagged with ``report``; release its lease and
+        retry it at ``retry_at`` (fixed code may have been deployed by then)."""
+
+    async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
+        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows that are not ready yet."""
+
+    async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
+        """Record that a worker serves these workflow names (so a client can tell unknown names)."""
+
+    async def known_workflows(self) -> set[str]:
+        """Every workflow name any worker has registered."""
