@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from ._cursor import decode_cursor, encode_cursor
 from ._errors import HistoryConflict, LeaseLost, RunNotFound
 from ._events import RecordedEvent, RunStarted
 from ._notify import Hub
@@ -25,11 +26,10 @@ from ._records import (
     RunPage,
     RunRecord,
 )
-from ._cursor import decode_cursor, encode_cursor
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MemoryStore:

@@ -26,7 +26,7 @@ class WorkSignal:
         """Wait up to ``timeout`` seconds for a notify; True if one came."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             self._event.clear()
@@ -67,7 +67,7 @@ class Hub:
         self._finished[run_id].append(waiter)
         try:
             await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             waiters = self._finished.get(run_id)

@@ -1,0 +1,323 @@
+"""Drives one leased run: replays it, runs its steps and timers, appends outcomes, releases or finishes it.
+
+The live instance stays in memory while the run has work due soon, so each step costs one append and no
+replay. When everything left is far away (a long sleep, a slow retry), the run is released with ``wake_at``
+and the instance dropped: a sleeping run holds no worker memory.
+
+Each loop turn: start steps that are due, wait for something to happen (a step attempt ends, a timer is due,
+a cancellation or lease loss), append all that happened in one append, then deliver each outcome to the
+workflow code in that order. Outcomes are never delivered before their append commits (invariant 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from history import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    WAITING,
+    Append,
+    Claim,
+    Event,
+    LeaseLost,
+    PayloadError,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    StepCompleted,
+    StepScheduled,
+    TimerFired,
+    encode_payload,
+)
+from history import (
+    StepFailed as StepFailedEvent,
+)
+from replay import NonDeterminismError, Outcome, StepRequest, WorkflowInstance, error_info
+
+from ._step_context import _CURRENT_STEP, StepInfo
+from .errors import NonRetryableError, StepFailed
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+log = logging.getLogger("durable.worker")
+
+_BLOCKED_RETRY = timedelta(seconds=60)
+"""How long a run whose replay diverged waits before the next try (fixed code may be deployed by then)."""
+
+
+@dataclass
+class _Attempt:
+    """A step attempt that ended: its outcome becomes events in the next append."""
+
+    step: StepRequest
+    attempt: int
+    duration_ms: float
+    result: Any = None
+    error: BaseException | None = None
+    retry_at: datetime | None = None
+
+
+class RunDriver:
+    """One leased run in one worker. Created by the worker per claim; ``drive()`` runs it until it finishes,
+    sleeps long, loses its lease, or the worker stops."""
+
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        self.worker = worker
+        self.run = claim.run
+        self.run_id = claim.run.id
+        self.epoch = claim.run.lease_epoch
+        self._history = claim.history
+        self._next_seq = claim.run.next_seq
+        self._cancel_reason = claim.run.cancel_reason
+        self._lost = False
+        self._signal = asyncio.Event()
+        self._ended: list[_Attempt | int] = []  # step attempts that ended, or command ids of timers that are due
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._waiting: dict[int, StepRequest] = {}  # steps waiting for their retry time
+        self._timers: dict[int, datetime] = {}
+        self._pending_events: list[Event] = []
+
+    # -- signals from the worker ------------------------------------------------------------------------------
+
+    def cancel(self, reason: str) -> None:
+        """A cancellation was requested for this run."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        self._signal.set()
+
+    def lease_lost(self) -> None:
+        """Another worker owns the run now: stop without writing anything."""
+        self._lost = True
+        self._signal.set()
+
+    def wake(self) -> None:
+        """Re-check state (the worker is stopping)."""
+        self._signal.set()
+
+    # -- the run --------------------------------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        """Run until the run finishes, is released, is blocked, or the lease is lost."""
+        workflow = self.worker.workflows[self.run.workflow]
+        instance = WorkflowInstance(
+            workflow, self._history[0], clock=self.worker.clock, step_failed=StepFailed
+        )
+        try:
+            try:
+                if len(self._history) > 1:
+                    instance.replay(self._history)
+                else:
+                    instance.start()
+            except NonDeterminismError as exc:
+                await self._block(exc)
+                return
+            self._absorb(instance)
+            await self._loop(instance)
+        except LeaseLost:
+            log.warning("run %s: lease lost to another worker; leaving it to that worker", self.run_id)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            instance.close()
+
+    async def _loop(self, instance: WorkflowInstance) -> None:
+        while True:
+            if self._lost:
+                return
+            if self._cancel_reason is not None:
+                await self._finish(RunCancelled(reason=self._cancel_reason), CANCELLED, None, None)
+                return
+            if instance.outcome is not None:
+                await self._finish_outcome(instance.outcome)
+                return
+            now = self.worker.clock()
+            if not self.worker.stopping:
+                self._start_due_steps(now)
+            elif not self._running:
+                await self._release(wake_at=None, status=None)
+                return
+            next_due = self._next_due()
+            if not self._running and not self.worker.stopping and (
+                next_due is None or (next_due - now).total_seconds() > self.worker.horizon
+            ):
+                await self._release(wake_at=next_due, status=WAITING)
+                return
+            await self._wait(next_due, now)
+            self._collect_due_timers()
+            if self._ended and not self._lost:
+                await self._commit_and_deliver(instance)
+
+    async def _wait(self, next_due: datetime | None, now: datetime) -> None:
+        if not self._ended and not self._lost and self._cancel_reason is None:
+            try:
+                if next_due is None:
+                    await self._signal.wait()
+                else:
+                    async with asyncio.timeout(max(0.0, (next_due - now).total_seconds())):
+                        await self._signal.wait()
+            except TimeoutError:
+                pass
+        self._signal.clear()
+
+    # -- steps and timers ----------------------------------------------------------------------------------
+
+    def _absorb(self, instance: WorkflowInstance) -> None:
+        self._pending_events.extend(instance.take_new_events())
+        for step in instance.take_new_steps():
+            self._waiting[step.command_id] = step
+        for timer in instance.take_new_timers():
+            self._timers[timer.command_id] = timer.fire_at
+        for cid in instance.take_cancelled_timers():
+            self._timers.pop(cid, None)
+
+    def _next_due(self) -> datetime | None:
+        times = [t for t in self._timers.values()]
+        times.extend(s.not_before for s in self._waiting.values() if s.not_before is not None)
+        if any(s.not_before is None for s in self._waiting.values()):
+            return self.worker.clock()
+        return min(times, default=None)
+
+    def _start_due_steps(self, now: datetime) -> None:
+        for cid, step in list(self._waiting.items()):
+            if step.not_before is None or step.not_before <= now:
+                del self._waiting[cid]
+                task = asyncio.get_running_loop().create_task(self._attempt(step))
+                self._running[cid] = task
+
+    def _collect_due_timers(self) -> None:
+        now = self.worker.clock()
+        for cid, fire_at in list(self._timers.items()):
+            if fire_at <= now:
+                del self._timers[cid]
+                self._ended.append(cid)
+
+    async def _attempt(self, step: StepRequest) -> None:
+        definition = step.definition
+        attempt = step.attempt
+        info = StepInfo(self.run_id, self.run.workflow, step.name, step.command_id, attempt)
+        token = _CURRENT_STEP.set(info)
+        started = time.perf_counter()
+        ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
+        try:
+            async with asyncio.timeout(definition.timeout):
+                if definition.is_async:
+                    ended.result = await definition.fn(*step.args, **step.kwargs)
+                else:
+                    call = functools.partial(definition.fn, *step.args, **step.kwargs)
+                    ended.result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except TimeoutError:
+            ended.error = TimeoutError(f"step {step.name!r} timed out after {definition.timeout}s")
+        except Exception as exc:
+            ended.error = exc
+        finally:
+            _CURRENT_STEP.reset(token)
+        ended.duration_ms = (time.perf_counter() - started) * 1000.0
+        if ended.error is not None and self._retryable(ended.error, definition, attempt):
+            delay = definition.retry.delay(attempt)
+            ended.retry_at = self.worker.clock() + timedelta(seconds=delay)
+        self._ended.append(ended)
+        self._signal.set()
+
+    @staticmethod
+    def _retryable(error: BaseException, definition: Any, attempt: int) -> bool:
+        if isinstance(error, (NonRetryableError, PayloadError)):
+            return False
+        return bool(definition.retry.allows(attempt))
+
+    # -- appending -------------------------------------------------------------------------------------------
+
+    def _events_for(self, ended: _Attempt) -> tuple[list[Event], Event | None]:
+        step = ended.step
+        events: list[Event] = []
+        if not step.scheduled_recorded:
+            events.append(StepScheduled(command_id=step.command_id, name=step.name, args=step.args_raw,
+                                        digest=step.digest))
+        if ended.error is None:
+            try:
+                raw = encode_payload(ended.result, what=f"the result of step {step.name!r} in run {self.run_id!r}")
+            except PayloadError as exc:
+                ended.error = exc
+                ended.retry_at = None
+            else:
+                outcome: Event = StepCompleted(command_id=step.command_id, name=step.name, attempt=ended.attempt,
+                                               result=raw, duration_ms=round(ended.duration_ms, 3))
+                events.append(outcome)
+                return events, outcome
+        assert ended.error is not None
+        failed = StepFailedEvent(command_id=step.command_id, name=step.name, attempt=ended.attempt,
+                                 error=error_info(ended.error), duration_ms=round(ended.duration_ms, 3),
+                                 retry_at=ended.retry_at)
+        events.append(failed)
+        return events, (failed if ended.retry_at is None else None)
+
+    async def _commit_and_deliver(self, instance: WorkflowInstance) -> None:
+        ended, self._ended = self._ended, []
+        events, self._pending_events = self._pending_events, []
+        deliveries: list[Event] = []
+        retries: list[_Attempt] = []
+        for item in ended:
+            if isinstance(item, int):
+                fired = TimerFired(command_id=item)
+                events.append(fired)
+                deliveries.append(fired)
+                continue
+            self._running.pop(item.step.command_id, None)
+            step_events, delivery = self._events_for(item)
+            events.extend(step_events)
+            if delivery is not None:
+                deliveries.append(delivery)
+            else:
+                retries.append(item)
+        at = self.worker.clock()
+        await self._append(events, at=at)
+        for item in ended:
+            if not isinstance(item, int):
+                item.step.scheduled_recorded = True
+        for item in retries:
+            item.step.attempt = item.attempt + 1
+            item.step.not_before = item.retry_at
+            self._waiting[item.step.command_id] = item.step
+        for event in deliveries:
+            instance.deliver(event, at)
+        self._absorb(instance)
+
+    async def _append(self, events: list[Event], *, at: datetime | None = None, **update: Any) -> None:
+        item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
+                      first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
+        await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
+        self._next_seq += len(events)
+
+    async def _finish_outcome(self, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            await self._finish(RunFailed(error=outcome.error), FAILED, None, outcome.error)
+        else:
+            assert outcome.result is not None
+            await self._finish(RunCompleted(result=outcome.result), COMPLETED, bytes(outcome.result), None)
+
+    async def _finish(self, event: Event, status: str, result: bytes | None, error: Any) -> None:
+        for task in self._running.values():
+            task.cancel()
+        events = [*self._pending_events, event]
+        self._pending_events = []
+        await self._append(events, status=status, result=result, error=error, release=True)
+        self.worker.count(status)
+
+    async def _release(self, *, wake_at: datetime | None, status: str | None) -> None:
+        events, self._pending_events = self._pending_events, []
+        await self._append(events, status=status, wake_at=wake_at, release=True)
+
+    async def _block(self, exc: NonDeterminismError) -> None:
+        log.error("%s", exc)
+        retry_at = self.worker.clock() + _BLOCKED_RETRY
+        await self.worker.store.mark_blocked(self.run_id, self.worker.worker_id, self.epoch, str(exc), retry_at)

@@ -1,0 +1,275 @@
+"""``Engine``: the client API (start, inspect, list, cancel, await results), with an optional in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from history import (
+    CANCELLED,
+    FAILED,
+    STATUSES,
+    ErrorInfo,
+    NewRun,
+    RunNotFound,
+    RunRecord,
+    Store,
+    open_store,
+)
+
+from ._definitions import Workflow, encode_input, registered_workflows, resolve_workflow, unknown_workflow
+from ._execution import Execution, ExecutionPage, execution_from
+from ._ids import new_run_id
+from ._worker import Worker
+from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
+
+log = logging.getLogger("durable")
+
+_RESULT_POLL = 1.0
+"""Fallback poll while awaiting a result: a finish notification usually arrives first (same process, or
+Postgres NOTIFY); this bounds the wait when it cannot (another process on SQLite)."""
+
+
+class RunHandle:
+    """A started run: its id, and ways to wait for it, inspect it or cancel it.
+
+    ``created`` is False when ``start`` found an existing run with the same ``workflow_id`` and returned it.
+    """
+
+    def __init__(self, engine: Engine, run_id: str, workflow: str, created: bool = True) -> None:
+        self.engine = engine
+        self.id = run_id
+        self.workflow = workflow
+        self.created = created
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result.
+
+        Raises:
+            WorkflowFailed: the workflow raised (its error type, message and traceback are attached).
+            WorkflowCancelled: the run was cancelled.
+            ResultTimeout: ``timeout`` seconds passed first (the run goes on).
+        """
+        return await self.engine.result(self.id, timeout=timeout)
+
+    async def execution(self, include_steps: bool = False) -> Execution:
+        """The run's current state."""
+        return await self.engine.get_execution(self.id, include_steps=include_steps)
+
+    async def cancel(self, reason: str = "cancelled") -> Execution:
+        """Cancel the run."""
+        return await self.engine.cancel(self.id, reason=reason)
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.workflow} {self.id}>"
+
+
+class Engine:
+    """Start and inspect workflow runs; by default also execute them with an in-process worker.
+
+    Args:
+        url: database URL (``postgresql://…``, ``sqlite:///file.db``, ``memory://``); default
+            ``DURABLE_DATABASE_URL``, else ``sqlite:///durable.db``.
+        worker: run a worker inside this process (``False``: a pure client).
+        workflows: the workflows the in-process worker serves (default: every ``@durable.workflow`` imported).
+        concurrency, lease_seconds, horizon, poll_interval: the worker's settings (see ``durable.Worker``).
+        store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
+
+    Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        worker: bool = True,
+        workflows: list[Workflow] | None = None,
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        horizon: float = 5.0,
+        poll_interval: float = 2.0,
+        store: Store | None = None,
+    ) -> None:
+        self.store: Store = store if store is not None else open_store(url)
+        self._run_worker = worker
+        self._workflows = workflows
+        self._worker_options = dict(
+            concurrency=concurrency, lease_seconds=lease_seconds, horizon=horizon, poll_interval=poll_interval
+        )
+        self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._opened = False
+
+    @property
+    def url(self) -> str:
+        """The database URL (without password)."""
+        return self.store.url
+
+    async def open(self) -> Engine:
+        """Connect, create or upgrade the schema, and start the in-process worker (if enabled)."""
+        if self._opened:
+            return self
+        await self.store.open()
+        self._opened = True
+        if self._run_worker:
+            self.worker = Worker(self.store, self._served(), **self._worker_options)  # type: ignore[arg-type]
+            self._worker_task = asyncio.get_running_loop().create_task(self.worker.run())
+        return self
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop the in-process worker (finishing in-flight steps for up to ``grace`` s) and disconnect."""
+        if not self._opened:
+            return
+        if self.worker is not None and self._worker_task is not None:
+            await self.worker.shutdown(grace)
+            await self._worker_task
+        await self.store.close()
+        self._opened = False
+
+    async def __aenter__(self) -> Engine:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _served(self) -> dict[str, Workflow]:
+        if self._workflows is not None:
+            return {wf.name: wf for wf in self._workflows}
+        return registered_workflows()
+
+    def _require_open(self) -> None:
+        if not self._opened:
+            raise DurableError("the engine is not open: use `async with Engine(...) as engine:` or `await engine.open()`")
+
+    # -- starting ------------------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        delay: timedelta | float | None = None,
+    ) -> RunHandle:
+        """Start a run of ``workflow`` with ``args`` as its input (after ``ctx``).
+
+        ``workflow_id`` is an idempotency key: if a run with that id exists, it is returned
+        (``handle.created`` is False) and no second run starts. ``delay`` postpones the first execution.
+        """
+        self._require_open()
+        definition = resolve_workflow(workflow, self._served())
+        if isinstance(definition, Workflow):
+            definition.check_arguments(args)
+            name = definition.name
+        else:
+            name = definition
+            known = await self.store.known_workflows()
+            if name not in known:
+                raise unknown_workflow(name, known | set(self._served()))
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+        wake_at = None
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            wake_at = datetime.now(UTC) + timedelta(seconds=seconds)
+        new = NewRun(
+            id=workflow_id or new_run_id(),
+            workflow=name,
+            input=encode_input(args, name),
+            random_seed=random.getrandbits(63),
+            queue=queue,
+            priority=priority,
+            wake_at=wake_at,
+        )
+        run, created = await self.store.create_run(new)
+        if not created and run.workflow != name:
+            raise DurableError(
+                f"workflow_id {run.id!r} is already used by a run of workflow {run.workflow!r}, not {name!r}: "
+                f"choose another id"
+            )
+        return RunHandle(self, run.id, run.workflow, created)
+
+    def get_handle(self, run_id: str, workflow: str = "") -> RunHandle:
+        """A handle for an existing run id (no database access)."""
+        return RunHandle(self, run_id, workflow, created=False)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def _get_run(self, run_id: str) -> RunRecord:
+        self._require_open()
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}: check the id with `durable list`")
+        return run
+
+    async def get_execution(self, run_id: str, include_steps: bool = False) -> Execution:
+        """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history)."""
+        run = await self._get_run(run_id)
+        history = await self.store.read_history(run_id) if include_steps else None
+        return execution_from(run, history)
+
+    async def get_history(self, run_id: str) -> list[Any]:
+        """The run's recorded events, in order (``history.RecordedEvent``)."""
+        await self._get_run(run_id)
+        return await self.store.read_history(run_id)
+
+    async def list_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        """Runs newest first, optionally filtered by workflow name and status; page with ``cursor``."""
+        self._require_open()
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        page = await self.store.list_runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        return ExecutionPage(items=[execution_from(run) for run in page.runs], next_cursor=page.next_cursor)
+
+    # -- acting --------------------------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> Execution:
+        """Cancel a run: it ends ``cancelled`` with ``reason`` (at once if this process drives it, else at the
+        driving worker's next heartbeat, or when a waiting run is picked up). A finished run is unchanged."""
+        self._require_open()
+        run = await self.store.request_cancel(run_id, reason)
+        if self.worker is not None:
+            self.worker.cancel_local(run_id, reason)
+        return execution_from(run)
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for ``run_id`` to finish; see ``RunHandle.result``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self._get_run(run_id)
+            if run.finished:
+                return self._outcome(run)
+            remaining = _RESULT_POLL if deadline is None else min(_RESULT_POLL, deadline - time.monotonic())
+            if remaining <= 0:
+                raise ResultTimeout(
+                    f"run {run_id!r} did not finish within {timeout}s (status {run.status}); it goes on: "
+                    f"wait again, or inspect it with `durable show {run_id}`"
+                )
+            await self.store.hub.wait_finished(run_id, remaining)
+
+    def _outcome(self, run: RunRecord) -> Any:
+        if run.status == FAILED:
+            raise WorkflowFailed(run.id, run.error or ErrorInfo(type="unknown", message="no error recorded"))
+        if run.status == CANCELLED:
+            raise WorkflowCancelled(run.id, run.cancel_reason or "cancelled")
+        assert run.result is not None
+        definition = self._served().get(run.workflow)
+        if definition is not None:
+            return definition.decode_result(run.result)
+        from history import decode_payload
+
+        return decode_payload(run.result)

@@ -1,0 +1,137 @@
+"""Read models: what ``engine.get_execution`` and ``engine.list_executions`` return."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from history import (
+    ErrorInfo,
+    RecordedEvent,
+    RunRecord,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    decode_payload,
+)
+
+
+class StepView(msgspec.Struct, frozen=True):
+    """One step call of a run, as its history tells it.
+
+    ``status`` is ``completed``, ``failed`` (for good), or ``retrying`` (an attempt failed, another follows at
+    ``retry_at``). ``duration_ms`` is the last attempt's; ``attempt`` its number.
+    """
+
+    command_id: int
+    name: str
+    status: str
+    attempt: int
+    duration_ms: float
+    args: Any = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    retry_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Execution(msgspec.Struct, frozen=True):
+    """A run as a user sees it: status, input, result or error, timing, and (on request) its steps."""
+
+    id: str
+    workflow: str
+    status: str
+    input: Any
+    created_at: datetime
+    updated_at: datetime
+    history_length: int
+    result: Any = None
+    error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    wake_at: datetime | None = None
+    cancel_reason: str | None = None
+    blocked: str | None = None
+    parent_id: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    worker: str | None = None
+    steps: list[StepView] | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Milliseconds from first start to finish, for finished runs."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds() * 1000.0
+
+
+class ExecutionPage(msgspec.Struct, frozen=True):
+    """A page of executions, newest first. Iterate it; pass ``next_cursor`` as ``cursor=`` for the next."""
+
+    items: list[Execution]
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[Execution]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def execution_from(run: RunRecord, history: Sequence[RecordedEvent] | None = None) -> Execution:
+    """Build an ``Execution`` from a run row and, when given, its history (for ``steps``)."""
+    return Execution(
+        id=run.id,
+        workflow=run.workflow,
+        status=run.status,
+        input=decode_payload(run.input),
+        result=decode_payload(run.result) if run.result is not None else None,
+        error=run.error,
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        wake_at=run.wake_at,
+        cancel_reason=run.cancel_reason,
+        blocked=run.blocked,
+        parent_id=run.parent_id,
+        queue=run.queue,
+        priority=run.priority,
+        worker=run.lease_owner,
+        history_length=run.next_seq - 1,
+        steps=steps_from(history) if history is not None else None,
+    )
+
+
+def steps_from(history: Sequence[RecordedEvent]) -> list[StepView]:
+    """Fold a history into one ``StepView`` per step call, in call order."""
+    scheduled: dict[int, tuple[StepScheduled, datetime]] = {}
+    latest: dict[int, StepView] = {}
+    for rec in history:
+        event = rec.event
+        if isinstance(event, StepScheduled):
+            scheduled[event.command_id] = (event, rec.at)
+        elif isinstance(event, (StepCompleted, StepFailed)):
+            sched = scheduled.get(event.command_id)
+            common = dict(
+                command_id=event.command_id,
+                name=event.name,
+                attempt=event.attempt,
+                duration_ms=event.duration_ms,
+                args=decode_payload(sched[0].args) if sched else None,
+                started_at=latest[event.command_id].started_at if event.command_id in latest else rec.at,
+                finished_at=rec.at,
+            )
+            if isinstance(event, StepCompleted):
+                latest[event.command_id] = StepView(status="completed", result=decode_payload(event.result),
+                                                    **common)
+            else:
+                status = "retrying" if event.retry_at is not None else "failed"
+                latest[event.command_id] = StepView(status=status, error=event.error, retry_at=event.retry_at,
+                                                    **common)
+    return [latest[cid] for cid in sorted(latest)]

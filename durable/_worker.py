@@ -1,0 +1,228 @@
+"""The worker: claims ready runs, drives each with a ``RunDriver``, heartbeats their leases, shuts down cleanly.
+
+Wake-ups are pushed: the store's hub is notified on new runs and releases (relayed from other processes by
+Postgres LISTEN/NOTIFY); a slow poll is only the fallback, and the worker also sleeps exactly until the next
+known wake time (a timer or retry coming due).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from history import Append, Claim, HistoryConflict, LeaseLost, Store
+
+from ._appender import GroupAppender
+from ._definitions import Workflow
+from ._driver import RunDriver
+
+log = logging.getLogger("durable.worker")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_worker_id() -> str:
+    """``host:pid:random``: unique per worker, readable in ``durable show``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Executes runs of ``workflows`` from ``store``.
+
+    Args:
+        store: an opened store.
+        workflows: the workflows this worker serves, by name.
+        concurrency: most runs driven at once.
+        lease_seconds: how long a claim lasts without a heartbeat; a crashed worker's runs are taken over
+            after this long. Heartbeats renew every third of it.
+        horizon: waits (timers, retry delays) shorter than this are done in memory, holding the lease; longer
+            ones release the run until it is due.
+        poll_interval: fallback poll when no notification arrives.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        workflows: Mapping[str, Workflow],
+        *,
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        horizon: float = 5.0,
+        poll_interval: float = 2.0,
+        clock: Callable[[], datetime] = _utcnow,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self.store = store
+        self.workflows = dict(workflows)
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.horizon = horizon
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.worker_id = worker_id or make_worker_id()
+        self.stopping = False
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._appender = GroupAppender(store)
+        self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
+        self._signal = store.hub.subscribe_work()
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and drive runs until ``stop()``; then wait for the drivers to hand their runs back."""
+        names = sorted(self.workflows)
+        await self.store.register_workflows(self.worker_id, names)
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
+        try:
+            while not self.stopping:
+                claimed = await self._claim_once(names)
+                if claimed or self.stopping:
+                    continue
+                await self._signal.wait(await self._idle_timeout(names))
+            while self._drivers:
+                await asyncio.wait([task for _, task in self._drivers.values()])
+        finally:
+            heartbeat.cancel()
+            self._signal.close()
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop claiming; drivers finish their in-flight steps and release their runs."""
+        self.stopping = True
+        self._signal.set()
+        for driver, _ in self._drivers.values():
+            driver.wake()
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """``stop()``, then wait up to ``grace`` seconds before abandoning in-flight steps (their runs' leases
+        expire and another worker re-runs those steps)."""
+        self.stop()
+        try:
+            async with asyncio.timeout(grace):
+                await self._stopped.wait()
+        except TimeoutError:
+            log.warning("worker %s: %d run(s) still busy after %ss; abandoning them", self.worker_id,
+                        len(self._drivers), grace)
+            for _, task in list(self._drivers.values()):
+                task.cancel()
+            await self._stopped.wait()
+
+    # -- claiming --------------------------------------------------------------------------------------------
+
+    async def _claim_once(self, names: list[str]) -> bool:
+        free = self.concurrency - len(self._drivers)
+        if free <= 0 or not names:
+            return False
+        try:
+            claims = await self.store.claim(self.worker_id, names, min(free, 100), self.lease_seconds)
+        except Exception:
+            log.exception("worker %s: claim failed; retrying", self.worker_id)
+            await asyncio.sleep(1.0)
+            return False
+        for claim in claims:
+            self._start_driver(claim)
+        return len(claims) == min(free, 100) and len(claims) > 0
+
+    async def _idle_timeout(self, names: list[str]) -> float:
+        if len(self._drivers) >= self.concurrency:
+            return self.poll_interval
+        try:
+            wake_at = await self.store.next_wake_at(names)
+        except Exception:
+            return self.poll_interval
+        if wake_at is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, (wake_at - self.clock()).total_seconds()))
+
+    def _start_driver(self, claim: Claim) -> None:
+        driver = RunDriver(self, claim)
+        task = asyncio.get_running_loop().create_task(self._drive(driver))
+        self._drivers[claim.run.id] = (driver, task)
+
+    async def _drive(self, driver: RunDriver) -> None:
+        try:
+            await driver.drive()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("worker %s: run %s crashed its driver; it will be retried after its lease expires",
+                          self.worker_id, driver.run_id)
+        finally:
+            self._drivers.pop(driver.run_id, None)
+            self._signal.set()
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            leases = {run_id: driver.epoch for run_id, (driver, _) in self._drivers.items()}
+            if not leases:
+                continue
+            try:
+                beat = await self.store.heartbeat(self.worker_id, leases, self.lease_seconds)
+            except Exception:
+                log.warning("worker %s: heartbeat failed; retrying", self.worker_id, exc_info=True)
+                continue
+            for run_id in beat.lost:
+                entry = self._drivers.get(run_id)
+                if entry is not None:
+                    entry[0].lease_lost()
+            for run_id, reason in beat.cancels.items():
+                self.cancel_local(run_id, reason)
+
+    def cancel_local(self, run_id: str, reason: str) -> bool:
+        """Cancel a run now if this worker drives it (the in-process fast path of ``engine.cancel``)."""
+        entry = self._drivers.get(run_id)
+        if entry is None:
+            return False
+        entry[0].cancel(reason)
+        return True
+
+    async def append(self, item: Append, *, lease_deadline: float) -> None:
+        """Append through the group committer, retrying transient store errors for up to ``lease_deadline``
+        seconds. After a retry, a ``HistoryConflict`` may mean the first try did commit: the run row tells."""
+        deadline = time.monotonic() + lease_deadline
+        delay = 0.05
+        retried = False
+        while True:
+            try:
+                await self._appender.submit(item)
+                return
+            except HistoryConflict:
+                if retried and await self._landed(item):
+                    return
+                raise
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("run %s: append failed (%s); retrying in %.2fs", item.run_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                retried = True
+
+    async def _landed(self, item: Append) -> bool:
+        run = await self.store.get_run(item.run_id)
+        return run is not None and run.lease_epoch == item.epoch and run.next_seq == item.first_seq + len(item.events)
+
+    def count(self, status: str) -> None:
+        """Count a finished run by status (``worker.counts``)."""
+        self.counts[status] += 1

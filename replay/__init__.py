@@ -1,0 +1,25 @@
+"""Durable's deterministic replay: the workflow event loop, the command/event matcher and divergence reports.
+
+Runs with a history and the user's code alone: no store, no worker, no network. Imports only ``history``.
+"""
+
+from ._commands import StepDefinition, StepRequest, TimerRequest
+from ._context import WorkflowContext
+from ._errors import NonDeterminismError, WorkflowCodeError
+from ._instance import Outcome, WorkflowCallable, WorkflowInstance, current_instance, error_info
+from ._loop import DeterministicLoop
+
+__all__ = [
+    "DeterministicLoop",
+    "NonDeterminismError",
+    "Outcome",
+    "StepDefinition",
+    "StepRequest",
+    "TimerRequest",
+    "WorkflowCallable",
+    "WorkflowCodeError",
+    "WorkflowContext",
+    "WorkflowInstance",
+    "current_instance",
+    "error_info",
+]
