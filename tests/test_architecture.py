@@ -1,0 +1,68 @@
+"""The package boundaries of DESIGN.md and the public names, pinned so a change to either is deliberate."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import durable
+import history
+import replay
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Top-level modules each file of ``package`` imports (relative imports excluded)."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_dependencies_point_one_way() -> None:
+    for path, names in _imports("history").items():
+        assert not names & {"replay", "durable"}, f"{path} imports {names & {'replay', 'durable'}}"
+    for path, names in _imports("replay").items():
+        assert "durable" not in names, f"{path} imports durable"
+
+
+def test_third_party_libraries_are_each_imported_in_one_place() -> None:
+    every = {**_imports("history"), **_imports("replay"), **_imports("durable")}
+    assert sorted(p for p, names in every.items() if "asyncpg" in names) == ["history/_postgres.py"]
+    assert not [p for p, names in every.items() if "pickle" in names]
+
+
+def test_replay_runs_without_the_worker_or_a_database() -> None:
+    # replay/ imports history only; history's own imports stay free of the worker and the network.
+    for path, names in _imports("replay").items():
+        assert not names & {"asyncpg", "sqlite3", "anyio", "socket"}, path
+
+
+def test_public_names_are_pinned() -> None:
+    assert durable.__all__ == sorted(durable.__all__)
+    assert set(durable.__all__) == {
+        "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
+        "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError", "PayloadTooLarge",
+        "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step", "StepFailed", "StepInfo",
+        "StepView", "StoreError", "UnknownWorkflowError", "Worker", "Workflow", "WorkflowCancelled",
+        "WorkflowCodeError", "WorkflowContext", "WorkflowFailed", "__version__", "current_step",
+        "registered_workflows", "step", "workflow",
+    }  # fmt: skip
+    assert replay.__all__ == sorted(replay.__all__)
+    assert history.__all__ == sorted(history.__all__)
+    for module in (durable, replay, history):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name} is exported but missing"
+
+
+def test_errors_form_one_tree_under_durable_error() -> None:
+    for name in durable.errors.__all__:
+        error = getattr(durable.errors, name)
+        assert issubclass(error, durable.DurableError) or error is durable.NonRetryableError, name
