@@ -118,20 +118,17 @@ def steps_from(history: Sequence[RecordedEvent]) -> list[StepView]:
             scheduled[event.command_id] = (event, rec.at)
         elif isinstance(event, (StepCompleted, StepFailed)):
             sched = scheduled.get(event.command_id)
-            common = dict(
-                command_id=event.command_id,
-                name=event.name,
-                attempt=event.attempt,
-                duration_ms=event.duration_ms,
-                args=decode_payload(sched[0].args) if sched else None,
-                started_at=latest[event.command_id].started_at if event.command_id in latest else rec.at,
-                finished_at=rec.at,
-            )
+            previous = latest.get(event.command_id)
+            args = decode_payload(sched[0].args) if sched else None
+            started_at = previous.started_at if previous is not None else rec.at
             if isinstance(event, StepCompleted):
-                latest[event.command_id] = StepView(status="completed", result=decode_payload(event.result),
-                                                    **common)
+                view = StepView(event.command_id, event.name, "completed", event.attempt, event.duration_ms,
+                                args=args, result=decode_payload(event.result), started_at=started_at,
+                                finished_at=rec.at)
             else:
                 status = "retrying" if event.retry_at is not None else "failed"
-                latest[event.command_id] = StepView(status=status, error=event.error, retry_at=event.retry_at,
-                                                    **common)
+                view = StepView(event.command_id, event.name, status, event.attempt, event.duration_ms,
+                                args=args, error=event.error, retry_at=event.retry_at, started_at=started_at,
+                                finished_at=rec.at)
+            latest[event.command_id] = view
     return [latest[cid] for cid in sorted(latest)]

@@ -31,7 +31,7 @@ class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_field
     """Base of every event. ``forbid_unknown_fields=False`` lets an older reader skip fields added later."""
 
 
-class RunStarted(_Event, tag="run_started"):
+class RunStarted(_Event, tag="run_started", frozen=True):
     """The first event of every run: which workflow, with which input, and the seed for ``ctx.random()``."""
 
     workflow: str
@@ -41,7 +41,7 @@ class RunStarted(_Event, tag="run_started"):
     parent_id: str | None = None
 
 
-class StepScheduled(_Event, tag="step_scheduled"):
+class StepScheduled(_Event, tag="step_scheduled", frozen=True):
     """The workflow called a step. Written in the same commit as the step's first outcome."""
 
     command_id: int
@@ -50,7 +50,7 @@ class StepScheduled(_Event, tag="step_scheduled"):
     digest: str
 
 
-class StepCompleted(_Event, tag="step_completed"):
+class StepCompleted(_Event, tag="step_completed", frozen=True):
     """A step attempt returned; ``result`` is what the workflow receives, now and on every replay."""
 
     command_id: int
@@ -60,7 +60,7 @@ class StepCompleted(_Event, tag="step_completed"):
     duration_ms: float
 
 
-class StepFailed(_Event, tag="step_failed"):
+class StepFailed(_Event, tag="step_failed", frozen=True):
     """A step attempt raised. ``retry_at`` is set when another attempt follows, ``None`` when the failure is final
     and is raised into the workflow as ``StepFailed``."""
 
@@ -72,21 +72,22 @@ class StepFailed(_Event, tag="step_failed"):
     retry_at: datetime | None = None
 
 
-class TimerStarted(_Event, tag="timer_started"):
+class TimerStarted(_Event, tag="timer_started", frozen=True):
     """A durable timer (``ctx.sleep``, ``asyncio.sleep``, a timeout) that fires at ``fire_at``."""
 
     command_id: int
     fire_at: datetime
-    seconds: float
+    seconds: float | None
+    """The requested duration; ``None`` for ``ctx.sleep_until`` (an absolute time, compared by ``fire_at``)."""
 
 
-class TimerFired(_Event, tag="timer_fired"):
+class TimerFired(_Event, tag="timer_fired", frozen=True):
     """The timer's time came; the workflow is resumed past its sleep."""
 
     command_id: int
 
 
-class ValueRecorded(_Event, tag="value_recorded"):
+class ValueRecorded(_Event, tag="value_recorded", frozen=True):
     """A value the workflow drew from the world (``ctx.now()``, ``ctx.uuid4()``), replayed as recorded."""
 
     command_id: int
@@ -94,19 +95,19 @@ class ValueRecorded(_Event, tag="value_recorded"):
     value: msgspec.Raw
 
 
-class RunCompleted(_Event, tag="run_completed"):
+class RunCompleted(_Event, tag="run_completed", frozen=True):
     """The workflow function returned ``result``."""
 
     result: msgspec.Raw
 
 
-class RunFailed(_Event, tag="run_failed"):
+class RunFailed(_Event, tag="run_failed", frozen=True):
     """The workflow function raised."""
 
     error: ErrorInfo
 
 
-class RunCancelled(_Event, tag="run_cancelled"):
+class RunCancelled(_Event, tag="run_cancelled", frozen=True):
     """The run was cancelled on request."""
 
     reason: str

@@ -135,7 +135,9 @@ class WorkflowInstance:
         self._new_steps: list[StepRequest] = []
         self._new_timers: list[TimerRequest] = []
         self._cancelled_timers: list[int] = []
-        self._loop = DeterministicLoop(self._on_timer, self._on_timer_cancelled, started.at.timestamp())
+        self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are deliberately absent
+            self._on_timer, self._on_timer_cancelled, started.at.timestamp()
+        )
         self._ctx = WorkflowContext(self, event.random_seed)
         context = contextvars.copy_context()
         context.run(_CURRENT.set, self)
@@ -279,9 +281,9 @@ class WorkflowInstance:
         if task.cancelled():
             self.outcome = Outcome(error=ErrorInfo(type="asyncio.CancelledError", message="workflow task cancelled"))
             return
-        exc = task.exception()
-        if exc is not None:
-            self.outcome = Outcome(error=error_info(exc))
+        failure = task.exception()
+        if failure is not None:
+            self.outcome = Outcome(error=error_info(failure))
             return
         try:
             raw = encode_payload(task.result(), what=f"the result of workflow {self.workflow_name!r}")
@@ -338,12 +340,12 @@ class WorkflowInstance:
 
     def _arm(self, future: asyncio.Future[None], when: float, seconds: float | None, until: datetime | None) -> None:
         handle = asyncio.TimerHandle(when, _set_result_unless_done, (future,), self._loop, None)
-        handle._scheduled = True  # so that handle.cancel() reports to the loop
+        handle._scheduled = True  # type: ignore[attr-defined]  # so that handle.cancel() reports to the loop
         self._register_timer(handle, seconds, until)
 
     def _on_timer(self, handle: asyncio.TimerHandle) -> None:
         # asyncio.sleep / wait_for / timeout inside workflow code: a relative durable timer.
-        handle._scheduled = True
+        handle._scheduled = True  # type: ignore[attr-defined]
         self._register_timer(handle, max(0.0, handle.when() - self._loop.time()), None)
 
     def _register_timer(self, handle: asyncio.TimerHandle, seconds: float | None, until: datetime | None) -> None:

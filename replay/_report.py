@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime
 from types import FrameType
@@ -15,7 +16,7 @@ _OWN_PACKAGES = tuple(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
     for name in ("replay", "durable", "history")
 )
-_ASYNCIO_DIR = os.path.dirname(os.path.abspath(__import__("asyncio").__file__)) + os.sep
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__ or "")) + os.sep
 
 
 def _short(raw: msgspec.Raw | bytes | None) -> str:
