@@ -18,6 +18,7 @@ from ._errors import (
 from ._events import (
     EVENT_TYPES,
     FORMAT_VERSION,
+    PatchMarked,
     TERMINAL_EVENTS,
     ErrorInfo,
     Event,
@@ -76,6 +77,7 @@ __all__ = [
     "MemoryStore",
     "NewRun",
     "PENDING",
+    "PatchMarked",
     "PayloadError",
     "PayloadTooLarge",
     "RUNNING",

@@ -95,6 +95,13 @@ class ValueRecorded(_Event, tag="value_recorded", frozen=True):
     value: msgspec.Raw
 
 
+class PatchMarked(_Event, tag="patch_marked", frozen=True):
+    """The run took the new code path guarded by ``ctx.patched(patch_id)``. Takes no command id, so histories
+    recorded before the patch existed replay unchanged (without the marker, replay takes the old path)."""
+
+    patch_id: str
+
+
 class RunCompleted(_Event, tag="run_completed", frozen=True):
     """The workflow function returned ``result``."""
 
@@ -121,6 +128,7 @@ Event: TypeAlias = (
     | TimerStarted
     | TimerFired
     | ValueRecorded
+    | PatchMarked
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -136,6 +144,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         TimerStarted,
         TimerFired,
         ValueRecorded,
+        PatchMarked,
         RunCompleted,
         RunFailed,
         RunCancelled,

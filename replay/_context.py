@@ -81,5 +81,22 @@ class WorkflowContext:
             )
         return self._instance.start_timer(until=when)
 
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the code path of patch ``patch_id``: ``if ctx.patched("new-tax-api"): ...``.
+
+        Runs that started before the patch was deployed replay the old path (False); new runs, and old runs
+        once they are past what their history recorded, take the new one (True, recorded in the history).
+        When no run without the patch is left, replace the call by ``ctx.deprecate_patch(patch_id)``, then
+        remove it. See docs/versioning.md.
+        """
+        if not isinstance(patch_id, str) or not patch_id:
+            raise ValueError(f"ctx.patched() needs a non-empty string id, got {patch_id!r}")
+        return self._instance.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark that every run now takes patch ``patch_id``'s path; its markers in histories are ignored."""
+        if not isinstance(patch_id, str) or not patch_id:
+            raise ValueError(f"ctx.deprecate_patch() needs a non-empty string id, got {patch_id!r}")
+
     def __await__(self) -> Generator[Any, None, None]:  # pragma: no cover - guards a common slip
         raise TypeError("a WorkflowContext is not awaitable; did you mean `await ctx.sleep(...)`?")

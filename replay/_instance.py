@@ -32,6 +32,7 @@ import msgspec
 from history import (
     ErrorInfo,
     Event,
+    PatchMarked,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
@@ -127,6 +128,9 @@ class WorkflowInstance:
         self._next_cid = 1
         self._recorded: dict[int, RecordedEvent] = {}
         self._max_recorded = 0
+        self._outcomes_ahead = 0
+        self._marked_patches: set[str] = set()
+        self._patches: dict[str, bool] = {}
         self._last_failure: dict[int, StepFailed] = {}
         self._steps: dict[int, StepRequest] = {}
         self._timers: dict[int, tuple[asyncio.TimerHandle, datetime]] = {}
@@ -152,8 +156,11 @@ class WorkflowInstance:
     def replay(self, history: Sequence[RecordedEvent]) -> None:
         """Re-execute the code against ``history`` (event 1 included or not). Raises ``NonDeterminismError``."""
         events = [rec for rec in history if not isinstance(rec.event, RunStarted)]
+        self._outcomes_ahead = sum(isinstance(rec.event, _OUTCOME_EVENTS) for rec in events)
         for rec in events:
-            if isinstance(rec.event, _COMMAND_EVENTS):
+            if isinstance(rec.event, PatchMarked):
+                self._marked_patches.add(rec.event.patch_id)
+            elif isinstance(rec.event, _COMMAND_EVENTS):
                 self._recorded[rec.event.command_id] = rec
             elif isinstance(rec.event, StepFailed) and rec.event.retry_at is not None:
                 self._last_failure[rec.event.command_id] = rec.event
@@ -165,6 +172,7 @@ class WorkflowInstance:
                 if isinstance(rec.event, StepFailed) and rec.event.retry_at is not None:
                     self._note_retry(rec.event)
                 elif isinstance(rec.event, _OUTCOME_EVENTS):
+                    self._outcomes_ahead -= 1
                     self._deliver(rec)
                 elif isinstance(rec.event, (RunCompleted, RunFailed, RunCancelled)):
                     self._check_terminal(rec)
@@ -398,6 +406,25 @@ class WorkflowInstance:
         raw = encode_payload(produce(), what=f"ctx.{kind}()")
         self._new_events.append(ValueRecorded(command_id=cid, kind=kind, value=raw))
         return raw
+
+    def patched(self, patch_id: str) -> bool:
+        """``ctx.patched``: True for runs that took (or now take) the new code path, False for runs whose
+        recorded history predates the patch. The answer is fixed for the rest of the run."""
+        if patch_id in self._patches:
+            return self._patches[patch_id]
+        if patch_id in self._marked_patches:
+            decision = True
+        elif self._history_ahead():
+            decision = False  # the recorded history was made by code without this patch
+        else:
+            decision = True
+            self._new_events.append(PatchMarked(patch_id=patch_id))
+        self._patches[patch_id] = decision
+        return decision
+
+    def _history_ahead(self) -> bool:
+        """Whether the recorded history holds anything the code has not reached yet."""
+        return self.replaying and (self._outcomes_ahead > 0 or self._max_recorded >= self._next_cid)
 
     # -- divergence ---------------------------------------------------------------------------------------------
 

@@ -220,3 +220,47 @@ def test_golden_histories_replay(path: Path) -> None:
 def test_golden_set_has_a_deliberately_broken_history() -> None:
     names = [p.stem for p in GOLDEN.glob("*.json")]
     assert any(n.startswith("broken_") for n in names) and len(names) >= 3
+
+
+# -- versioning with ctx.patched ---------------------------------------------------------------------------------
+
+
+async def old_tax(ctx: durable.WorkflowContext, amount: int) -> str:
+    return await fetch(f"old-tax:{amount}")
+
+
+async def new_tax(ctx: durable.WorkflowContext, amount: int) -> str:
+    if ctx.patched("use-new-tax-api"):
+        return await fetch_renamed(f"new-tax:{amount}")
+    return await fetch(f"old-tax:{amount}")
+
+
+async def test_patched_keeps_old_runs_on_the_old_path_and_new_runs_on_the_new() -> None:
+    old_history = await record(variant(old_tax, "tax"), 10)
+    replayed_old = replay(variant(new_tax, "tax"), old_history)
+    assert msgspec.json.decode(replayed_old.outcome.result) == "<old-tax:10>"
+
+    new_history = await record(variant(new_tax, "tax"), 10)
+    assert [type(r.event).__name__ for r in new_history][:3] == ["RunStarted", "PatchMarked", "StepScheduled"]
+    replayed_new = replay(variant(new_tax, "tax"), new_history)
+    assert msgspec.json.decode(replayed_new.outcome.result) == "<new-tax:10>"
+
+
+async def test_patched_takes_the_new_path_once_an_old_run_is_past_its_history() -> None:
+    async def old(ctx: durable.WorkflowContext) -> list[str]:
+        first = await fetch("a")
+        return [first, await fetch("b")]
+
+    async def patched(ctx: durable.WorkflowContext) -> list[str]:
+        first = await fetch("a")
+        second = await fetch_renamed("b2") if ctx.patched("p1") else await fetch("b")
+        return [first, second]
+
+    full = await record(variant(old, "p"))
+    # The old code had run only its first step when the new code was deployed.
+    cut = [r for r in full if r.seq <= 3]
+    instance = WorkflowInstance(variant(patched, "p"), cut[0], step_failed=durable.StepFailed)
+    instance.replay(cut)
+    (pending,) = instance.take_new_steps()
+    assert pending.name == "fetch_renamed"
+    assert [type(e).__name__ for e in instance.take_new_events()] == ["PatchMarked"]
