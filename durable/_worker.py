@@ -187,6 +187,11 @@ class Worker:
             for run_id, reason in beat.cancels.items():
                 self.cancel_local(run_id, reason)
 
+    @property
+    def active_runs(self) -> int:
+        """How many runs this worker drives right now."""
+        return len(self._drivers)
+
     def cancel_local(self, run_id: str, reason: str) -> bool:
         """Cancel a run now if this worker drives it (the in-process fast path of ``engine.cancel``)."""
         entry = self._drivers.get(run_id)
