@@ -1,0 +1,7 @@
+"""``python -m durable``: the same command line as ``durable``."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
