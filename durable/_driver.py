@@ -182,10 +182,11 @@ class RunDriver:
             self._timers.pop(cid, None)
 
     def _next_due(self) -> datetime | None:
-        times = [t for t in self._timers.values()]
-        times.extend(s.not_before for s in self._waiting.values() if s.not_before is not None)
-        if any(s.not_before is None for s in self._waiting.values()):
-            return self.worker.clock()
+        times = list(self._timers.values())
+        if not self.worker.stopping:  # a stopping worker starts no step: their times do not matter
+            times.extend(s.not_before for s in self._waiting.values() if s.not_before is not None)
+            if any(s.not_before is None for s in self._waiting.values()):
+                return self.worker.clock()
         return min(times, default=None)
 
     def _start_due_steps(self, now: datetime) -> None:

@@ -205,6 +205,17 @@ async def test_unserializable_step_argument_or_result_fails_clearly(engine_url: 
     assert "type object" in info.value.error_message
 
 
+async def test_unserializable_step_argument_fails_the_run_naming_the_step(engine_url: str) -> None:
+    async with durable.Engine(engine_url) as engine:
+        run = await engine.start(wf.bad_step_argument)
+        with pytest.raises(durable.WorkflowFailed) as info:
+            await run.result(timeout=20)
+        history = await engine.get_history(run.id)
+    assert "the arguments of step 'add' cannot be stored" in info.value.error_message
+    assert "type object" in info.value.error_message
+    assert [type(r.event).__name__ for r in history] == ["RunStarted", "RunFailed"]
+
+
 async def test_result_timeout_leaves_the_run_going() -> None:
     async with durable.Engine(store=MemoryStore(), horizon=0.1) as engine:
         run = await engine.start(wf.sleeper, 0.6)

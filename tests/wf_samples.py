@@ -106,3 +106,8 @@ async def asyncio_timers(ctx: durable.WorkflowContext) -> str:
 @durable.workflow(name="returns_set")
 async def returns_set(ctx: durable.WorkflowContext) -> object:
     return {1, 2, object()}
+
+
+@durable.workflow(name="bad_step_argument")
+async def bad_step_argument(ctx: durable.WorkflowContext) -> None:
+    await add(object(), 1)  # type: ignore[arg-type]
