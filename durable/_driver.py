@@ -24,6 +24,7 @@ import anyio.to_thread
 from history import (
     CANCELLED,
     COMPLETED,
+    PENDING,
     FAILED,
     WAITING,
     Append,
@@ -145,7 +146,7 @@ class RunDriver:
             if not self.worker.stopping:
                 self._start_due_steps(now)
             elif not self._running:
-                await self._release(wake_at=None, status=None)
+                await self._release(wake_at=None, status=PENDING)  # handed back: ready for any worker
                 return
             next_due = self._next_due()
             if not self._running and not self.worker.stopping and (
@@ -153,6 +154,10 @@ class RunDriver:
             ):
                 await self._release(wake_at=next_due, status=WAITING)
                 return
+            if self._pending_events and not self._running:
+                # Only timers are left to wait for: record them (and values drawn before) now, so a sleep is
+                # visible while it lasts and a crash during it does not restart it.
+                await self._append(self._take_pending())
             await self._wait(next_due, now)
             self._collect_due_timers()
             if self._ended and not self._lost:
@@ -315,8 +320,11 @@ class RunDriver:
         self.worker.count(status)
 
     async def _release(self, *, wake_at: datetime | None, status: str | None) -> None:
+        await self._append(self._take_pending(), status=status, wake_at=wake_at, release=True)
+
+    def _take_pending(self) -> list[Event]:
         events, self._pending_events = self._pending_events, []
-        await self._append(events, status=status, wake_at=wake_at, release=True)
+        return events
 
     async def _block(self, exc: NonDeterminismError) -> None:
         log.error("%s", exc)

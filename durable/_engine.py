@@ -241,7 +241,10 @@ class Engine:
         """Cancel a run: it ends ``cancelled`` with ``reason`` (at once if this process drives it, else at the
         driving worker's next heartbeat, or when a waiting run is picked up). A finished run is unchanged."""
         self._require_open()
-        run = await self.store.request_cancel(run_id, reason)
+        try:
+            run = await self.store.request_cancel(run_id, reason)
+        except RunNotFound:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}: check the id with `durable list`") from None
         if self.worker is not None:
             self.worker.cancel_local(run_id, reason)
         return execution_from(run)

@@ -18,7 +18,9 @@ replay does, so the code observes the same interleaving live and on every replay
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
+import os
 import hashlib
 import sys
 import traceback
@@ -52,7 +54,7 @@ from ._commands import StepRequest, TimerRequest
 from ._context import WorkflowContext
 from ._errors import NonDeterminismError
 from ._loop import DeterministicLoop
-from ._report import describe_issued, describe_recorded, divergence_hint, user_code_location
+from ._report import _OWN_PACKAGES, describe_issued, describe_recorded, divergence_hint, user_code_location
 
 _CURRENT: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "durable_current_instance", default=None
@@ -97,11 +99,26 @@ def error_info(exc: BaseException) -> ErrorInfo:
     """Record an exception: qualified type name, message, formatted traceback."""
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
-    return ErrorInfo(
-        type=name,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
+    return ErrorInfo(type=name, message=str(exc), traceback="".join(_user_traceback(exc)))
+
+
+_MACHINERY = tuple(
+    os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep for module in (asyncio, concurrent.futures)
+) + _OWN_PACKAGES
+
+
+def _user_traceback(exc: BaseException) -> list[str]:
+    """The formatted exception without the leading frames of Durable, asyncio and anyio: a traceback that
+    starts where the user's code does (or the full one, if it has no user frame at all)."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_MACHINERY)
+        or f"{os.sep}anyio{os.sep}" in tb.tb_frame.f_code.co_filename
+    ):
+        tb = tb.tb_next
+    if tb is None:
+        return traceback.format_exception(exc)
+    return traceback.format_exception(type(exc), exc, tb)
 
 
 class WorkflowInstance:
