@@ -246,7 +246,7 @@ class MemoryStore:
                 raise LeaseLost(f"run {run_id!r}: this worker no longer holds its lease")
             assert run is not None
             self._runs[run_id] = msgspec.structs.replace(
-                run, blocked=report, wake_at=retry_at, lease_owner=None, lease_expires_at=None
+                run, blocked=report, wake_at=retry_at, lease_owner=None, lease_expires_at=None, updated_at=self.clock()
             )
 
     async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:

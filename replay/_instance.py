@@ -98,7 +98,8 @@ def _utcnow() -> datetime:
 def error_info(exc: BaseException) -> ErrorInfo:
     """Record an exception: qualified type name, message, formatted traceback."""
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    builtin = kind.__module__ in ("builtins", "__main__")
+    name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
     return ErrorInfo(type=name, message=str(exc), traceback="".join(_user_traceback(exc)))
 
 
