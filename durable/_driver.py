@@ -24,8 +24,8 @@ import anyio.to_thread
 from history import (
     CANCELLED,
     COMPLETED,
-    PENDING,
     FAILED,
+    PENDING,
     WAITING,
     Append,
     Claim,

@@ -143,7 +143,9 @@ class Engine:
 
     def _require_open(self) -> None:
         if not self._opened:
-            raise DurableError("the engine is not open: use `async with Engine(...) as engine:` or `await engine.open()`")
+            raise DurableError(
+                "the engine is not open: use `async with Engine(...) as engine:` or `await engine.open()`"
+            )
 
     # -- starting ------------------------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import os
 import hashlib
+import os
 import sys
 import traceback
 import uuid
