@@ -1,0 +1,223 @@
+"""Every SQL statement the Postgres store sends, by name, each with a one-line comment.
+
+Statements are constants so that asyncpg prepares each once per connection and reuses it (its statement cache
+is keyed by the text). The schema itself lives in ``migrations/postgres/*.sql``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+FINISHED = "('completed', 'failed', 'cancelled')"
+"""SQL list of the statuses of finished runs (``history.FINISHED_STATUSES``)."""
+
+RUN_COLUMNS = (
+    "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
+    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id"
+)
+"""The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_postgres``)."""
+
+# --- schema management ---------------------------------------------------------------------------------------
+
+# The migration lock key: ASCII "durable" read as a number, unlikely to collide with an application's locks.
+MIGRATION_LOCK_KEY = 0x64757261626C65
+
+# Serialize schema upgrades between processes; released at the end of the upgrade transaction.
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
+
+# The applied migration versions, created before the first migration runs.
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS durable_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+# The newest applied version (NULL when none); raises UndefinedTable on a database Durable never touched.
+SCHEMA_VERSION = "SELECT max(version) FROM durable_schema_version"
+
+# Record one applied migration.
+RECORD_VERSION = "INSERT INTO durable_schema_version (version, name) VALUES ($1, $2)"
+
+# --- runs ----------------------------------------------------------------------------------------------------
+
+# Create a run and its RunStarted event (seq 1); return (true, the run), or (false, the existing run) when the
+# id exists already. No row only when a concurrent create of the same id commits after this statement began.
+CREATE_RUN = f"""
+WITH run AS (
+    INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
+                              parent_id, wake_at)
+    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING {RUN_COLUMNS}
+), started AS (
+    INSERT INTO durable_events (run_id, seq, at, type, data)
+    SELECT id, 1, created_at, 'run_started', $8 FROM run
+)
+SELECT true, {RUN_COLUMNS} FROM run
+UNION ALL
+SELECT false, {RUN_COLUMNS} FROM durable_runs WHERE id = $1 AND NOT EXISTS (SELECT FROM run)"""
+
+# One run's row.
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE id = $1"
+
+# A run's events after a sequence number, in order.
+READ_HISTORY = "SELECT seq, at, data FROM durable_events WHERE run_id = $1 AND seq > $2 ORDER BY seq"
+
+
+@cache
+def list_runs(by_workflow: bool, by_status: bool, after: bool) -> str:
+    """Runs newest first, optionally filtered, after a keyset cursor; ``$1`` is the row limit.
+
+    One statement per combination of filters (eight at most), rather than ``$n IS NULL OR …`` tests, so that
+    each prepared statement gets a plan that uses the right index.
+    """
+    where, args = [], 1
+    if by_workflow:
+        args += 1
+        where.append(f"workflow = ${args}")
+    if by_status:
+        args += 1
+        where.append(f"status = ${args}")
+    if after:
+        where.append(f"(created_at, id) < (${args + 1}, ${args + 2})")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {RUN_COLUMNS} FROM durable_runs {clause} ORDER BY created_at DESC, id DESC LIMIT $1"
+
+
+# Lease up to $3 ready runs to worker $1 for $4 seconds, and return them with their whole histories (as
+# arrays) in claim order: one round trip. Two branches so that each uses its own partial index: unleased runs
+# (the normal case) and expired leases (a worker died); each locks at most $3 rows, skipping rows other
+# claimers hold. The row re-check under the lock (READ COMMITTED) guarantees a run is never claimed twice.
+CLAIM = f"""
+WITH unleased AS (
+    SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at
+    FROM durable_runs
+    WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND workflow = ANY($2::text[])
+      AND coalesce(wake_at, created_at) <= now()  -- due: the same as "wake_at IS NULL OR wake_at <= now()"
+    ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at
+    FROM durable_runs
+    WHERE lease_owner IS NOT NULL AND lease_expires_at <= now() AND status NOT IN {FINISHED}
+      AND workflow = ANY($2::text[]) AND (wake_at IS NULL OR wake_at <= now())
+    ORDER BY lease_expires_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, sort_at FROM (SELECT * FROM unleased UNION ALL SELECT * FROM expired) AS candidates
+    ORDER BY priority DESC, sort_at, created_at, id LIMIT $3
+), claimed AS (
+    UPDATE durable_runs r
+    SET status = 'running', lease_owner = $1, lease_epoch = r.lease_epoch + 1,
+        lease_expires_at = now() + make_interval(secs => $4), started_at = coalesce(r.started_at, now()),
+        updated_at = now(), wake_at = NULL
+    FROM picked p
+    WHERE r.id = p.id
+    RETURNING {", ".join("r." + c for c in RUN_COLUMNS.split(", "))}, p.sort_at
+)
+SELECT c.*, h.seqs, h.ats, h.datas
+FROM claimed c
+CROSS JOIN LATERAL (
+    SELECT array_agg(e.seq ORDER BY e.seq) AS seqs, array_agg(e.at ORDER BY e.seq) AS ats,
+           array_agg(e.data ORDER BY e.seq) AS datas
+    FROM durable_events e WHERE e.run_id = c.id
+) h
+ORDER BY c.priority DESC, c.sort_at, c.created_at, c.id"""
+
+# Apply a batch of appends (distinct run ids) in one statement, so one round trip and one commit. Each item is
+# fenced on its lease and next_seq; an item whose fence fails matches no row, inserts no event, and does not
+# disturb the others. Returns the ids of the runs updated. Arrays: $1-$10 one element per item, $11-$15 one
+# per event. The row update mirrors MemoryStore._apply.
+APPEND = f"""
+WITH item AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::integer[], $6::text[],
+                         $7::bytea[], $8::json[], $9::timestamptz[], $10::boolean[])
+        AS t(run_id, worker_id, epoch, first_seq, n_events, status, result, error, wake_at, release)
+), applied AS (
+    UPDATE durable_runs r
+    SET status = coalesce(i.status, r.status),
+        next_seq = r.next_seq + i.n_events,
+        updated_at = now(),
+        blocked = NULL,
+        result = coalesce(i.result, r.result),
+        error = coalesce(i.error, r.error),
+        finished_at = CASE WHEN i.status IN {FINISHED} THEN now() ELSE r.finished_at END,
+        wake_at = CASE WHEN i.status IN {FINISHED} THEN NULL ELSE i.wake_at END,
+        lease_owner = CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL ELSE r.lease_owner END,
+        lease_expires_at = CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL ELSE r.lease_expires_at END
+    FROM item i
+    WHERE r.id = ANY($1::text[])  -- repeated for the planner: an index scan of the keys, whatever the statistics
+      AND r.id = i.run_id AND r.lease_owner = i.worker_id AND r.lease_epoch = i.epoch
+      AND r.lease_expires_at > now() AND r.next_seq = i.first_seq
+    RETURNING r.id
+), inserted AS (
+    INSERT INTO durable_events (run_id, seq, at, type, data)
+    SELECT e.run_id, e.seq, e.at, e.type, e.data
+    FROM unnest($11::text[], $12::integer[], $13::timestamptz[], $14::text[], $15::bytea[])
+        AS e(run_id, seq, at, type, data)
+    WHERE e.run_id IN (SELECT id FROM applied)
+)
+SELECT id FROM applied"""
+
+# Why appends were refused: each run's lease and next_seq as they are now.
+FENCES = """
+SELECT id, lease_owner, lease_epoch, lease_expires_at > now() AS live, next_seq
+FROM durable_runs WHERE id = ANY($1::text[])"""
+
+# Extend the leases worker $1 still holds (run ids $2 with epochs $3) by $4 seconds; return them with any
+# pending cancellation.
+HEARTBEAT = """
+WITH held AS (
+    SELECT * FROM unnest($2::text[], $3::bigint[]) AS t(run_id, epoch)
+)
+UPDATE durable_runs r
+SET lease_expires_at = now() + make_interval(secs => $4)
+FROM held h
+WHERE r.id = ANY($2::text[])  -- repeated for the planner: an index scan of the keys, whatever the statistics
+  AND r.id = h.run_id AND r.lease_owner = $1 AND r.lease_epoch = h.epoch AND r.lease_expires_at > now()
+RETURNING r.id, r.cancel_reason"""
+
+# Record a cancellation request on an unfinished run and make it ready now; no row if missing or finished.
+REQUEST_CANCEL = f"""
+UPDATE durable_runs SET cancel_reason = $2, wake_at = NULL, updated_at = now()
+WHERE id = $1 AND status NOT IN {FINISHED}
+RETURNING {RUN_COLUMNS}"""
+
+# Flag a diverged run with its report and release it until $5, if worker $2 still holds lease epoch $3.
+MARK_BLOCKED = """
+UPDATE durable_runs
+SET blocked = $4, wake_at = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND lease_expires_at > now()
+RETURNING id"""
+
+# The earliest wake time among unleased, unfinished runs of these workflows (in the order of the claim index,
+# where a run with a wake time is due at it).
+NEXT_WAKE_AT = f"""
+SELECT wake_at FROM durable_runs
+WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL AND workflow = ANY($1::text[])
+ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+
+# --- workers -------------------------------------------------------------------------------------------------
+
+# Replace the set of workflow names worker $1 serves with $2.
+REGISTER_WORKFLOWS = """
+WITH dropped AS (
+    DELETE FROM durable_workers WHERE worker_id = $1 AND workflow <> ALL($2::text[])
+)
+INSERT INTO durable_workers (worker_id, workflow, registered_at)
+SELECT DISTINCT $1, name, now() FROM unnest($2::text[]) AS name
+ON CONFLICT (worker_id, workflow) DO UPDATE SET registered_at = excluded.registered_at"""
+
+# Every workflow name any worker registered.
+KNOWN_WORKFLOWS = "SELECT DISTINCT workflow FROM durable_workers"
+
+# --- notifications -------------------------------------------------------------------------------------------
+
+WORK_CHANNEL = "durable_work"
+"""NOTIFY channel: runs may be ready (payload: a workflow name). Sent by the triggers of 0001_init.sql."""
+
+FINISHED_CHANNEL = "durable_finished"
+"""NOTIFY channel: a run finished (payload: its id). Sent by the triggers of 0001_init.sql."""

@@ -1,0 +1,488 @@
+"""The PostgreSQL store: runs and histories in Postgres through asyncpg, wake-ups by LISTEN/NOTIFY.
+
+The only module of the project that imports asyncpg. Every statement is in ``_pg_queries``; asyncpg prepares
+each once per pooled connection. Round trips per call, the number the engine's speed hangs on:
+
+* ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id, the existing row);
+* ``claim``: 1 (lease the runs and return them with their whole histories, as arrays);
+* ``append``: 1 per batch however many runs it covers (one statement, one commit), plus 1 to explain refusals;
+* ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1.
+
+NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``) in the committing transaction, so every
+writer, in any process, wakes every listener. The writing process also wakes its own hub right after commit and
+ignores the echo of its own NOTIFYs (recognised by the sending backend's pid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+from . import _pg_queries as q
+from ._codec import decode_event, encode_event, event_type
+from ._cursor import decode_cursor, encode_cursor
+from ._errors import DatabaseUnavailable, DurableError, RunNotFound, SchemaError, StoreError
+from ._events import RecordedEvent, RunStarted
+from ._notify import Hub
+from ._records import FINISHED_STATUSES, Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
+from ._sql import (
+    check_not_newer,
+    decode_error,
+    encode_error,
+    history_conflict,
+    lease_lost,
+    load_migrations,
+    redact_url,
+)
+
+log = logging.getLogger("durable.history")
+
+_T = TypeVar("_T")
+_RUN_WIDTH = len(RunRecord.__struct_fields__)
+_ERROR_COLUMN = RunRecord.__struct_fields__.index("error")
+if tuple(q.RUN_COLUMNS.split(", ")) != RunRecord.__struct_fields__:  # rows are turned into records by position
+    raise ImportError("history._pg_queries.RUN_COLUMNS is out of step with the fields of RunRecord")
+
+# Sent in the startup packet (no extra round trip). JIT off: every statement here is a short OLTP one, and a JIT
+# compile triggered by a large cost estimate would add tens of milliseconds to a claim.
+_SESSION = {"application_name": "durable", "jit": "off"}
+
+_HOW_TO_START = (
+    "Start PostgreSQL (e.g. `sudo service postgresql start`, `brew services start postgresql`, or `docker run "
+    "-d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres`), or set DURABLE_DATABASE_URL to a server "
+    "that runs (or to sqlite:///durable.db to use an embedded database)."
+)
+
+
+def _run(values: Sequence[Any]) -> RunRecord:
+    """A ``RunRecord`` from the ``RUN_COLUMNS`` of a row, by position (no per-row name lookups)."""
+    fields = list(values[:_RUN_WIDTH])
+    fields[_ERROR_COLUMN] = decode_error(fields[_ERROR_COLUMN])
+    return RunRecord(*fields)
+
+
+def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence[bytes]) -> list[RecordedEvent]:
+    """Recorded events from the parallel arrays that ``CLAIM`` aggregates."""
+    if seqs is None:
+        return []
+    return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
+
+
+class PostgresStore:
+    """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
+
+    Args:
+        url: a libpq-style URL, ``postgresql://user:password@host:port/dbname``.
+        min_size: connections the pool keeps open.
+        max_size: connections the pool opens at most (plus one for LISTEN).
+        connect_timeout: seconds to wait for a connection before reporting the database unavailable.
+        listen: relay NOTIFYs from other processes into ``hub`` (off for one-shot commands such as
+            ``durable db upgrade``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        listen: bool = True,
+    ) -> None:
+        self.url = redact_url(url)
+        self.hub = Hub()
+        self._dsn = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connect_timeout = connect_timeout
+        self._listen_enabled = listen
+        self._pool: Any = None
+        self._listener: Any = None
+        self._relisten_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._own_pids: set[int] = set()
+        self._migrations = load_migrations("postgres")
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, bring the schema up to date and start listening for other processes' wake-ups.
+
+        Raises:
+            DatabaseUnavailable: the server cannot be reached, the database does not exist, or login failed.
+            SchemaError: the schema is newer than this code, or has Durable's table names without its history.
+        """
+        self._closing = False
+        self._pool = await self._connecting(
+            lambda: asyncpg.create_pool(
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._connect_timeout,
+                init=self._init_connection,
+                reset=_keep_session,
+                server_settings=_SESSION,
+            )
+        )
+        try:
+            async with self._db.acquire() as conn:
+                await self._migrate(conn)
+            if self._listen_enabled:
+                await self._listen()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def upgrade(self) -> list[int]:
+        """Apply the migrations this database lacks (under an advisory lock); return the versions applied.
+
+        Works on an opened store or on its own (one short connection), for ``durable db upgrade``.
+        """
+        if self._pool is not None:
+            async with self._db.acquire() as conn:
+                return await self._migrate(conn)
+        conn = await self._connecting(
+            lambda: asyncpg.connect(self._dsn, timeout=self._connect_timeout, server_settings=_SESSION)
+        )
+        try:
+            return await self._migrate(conn)
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        self._closing = True
+        if self._relisten_task is not None:
+            self._relisten_task.cancel()
+            await asyncio.gather(self._relisten_task, return_exceptions=True)
+            self._relisten_task = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def _db(self) -> Any:
+        """The connection pool, or a clear error when the store is not open."""
+        if self._pool is None:
+            raise DurableError(f"the PostgreSQL store {self.url} is not open: call `await store.open()` first")
+        return self._pool
+
+    async def _connecting(self, connect: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``connect``, turning every way it can fail into a ``DatabaseUnavailable`` that says what to do."""
+        try:
+            return await connect()
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise DatabaseUnavailable(
+                f"cannot open the PostgreSQL database at {self.url}: {exc}. Create it (e.g. `createdb "
+                f"<name>`) or point DURABLE_DATABASE_URL at an existing database."
+            ) from None
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {self.url} refused the login: {exc}. Check the user and password in the URL."
+            ) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {self.url}: {reason}. {_HOW_TO_START}"
+            ) from None
+
+    async def _init_connection(self, conn: Any) -> None:
+        """Remember each pooled connection's backend pid, to skip the echo of our own NOTIFYs."""
+        pid = conn.get_server_pid()
+        self._own_pids.add(pid)
+        conn.add_termination_listener(lambda _conn: self._own_pids.discard(pid))
+
+    # --- schema -----------------------------------------------------------------------------------------------
+
+    async def _migrate(self, conn: Any) -> list[int]:
+        """Apply missing migrations in one transaction, serialized across processes by an advisory lock."""
+        latest = self._migrations[-1].version
+        current = await self._schema_version(conn)
+        check_not_newer(current, self._migrations, self.url)
+        if current == latest:  # the common case: one query, no lock
+            return []
+        applied = []
+        async with conn.transaction():
+            await conn.execute(q.LOCK_MIGRATIONS, q.MIGRATION_LOCK_KEY)
+            await conn.execute(q.CREATE_VERSION_TABLE)
+            current = await conn.fetchval(q.SCHEMA_VERSION) or 0  # another process may have upgraded meanwhile
+            check_not_newer(current, self._migrations, self.url)
+            for migration in self._migrations[current:]:
+                try:
+                    await conn.execute(migration.sql)
+                except (
+                    asyncpg.DuplicateTableError,
+                    asyncpg.DuplicateObjectError,
+                    asyncpg.DuplicateFunctionError,
+                ) as exc:
+                    raise SchemaError(
+                        f"the database at {self.url} has objects named like Durable's ({exc}) that Durable's "
+                        f"migrations did not create: use a database of its own for Durable"
+                    ) from None
+                await conn.execute(q.RECORD_VERSION, migration.version, migration.name)
+                applied.append(migration.version)
+        if applied:
+            log.info("upgraded the Durable schema of %s to version %d", self.url, applied[-1])
+        return applied
+
+    @staticmethod
+    async def _schema_version(conn: Any) -> int:
+        try:
+            return int(await conn.fetchval(q.SCHEMA_VERSION) or 0)
+        except asyncpg.UndefinedTableError:
+            return 0
+
+    # --- notifications ----------------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Open the dedicated LISTEN connection (a pooled one would be handed to queries)."""
+        conn = await self._connecting(
+            lambda: asyncpg.connect(
+                self._dsn,
+                timeout=self._connect_timeout,
+                server_settings={**_SESSION, "application_name": "durable-listen"},
+            )
+        )
+        try:
+            await conn.add_listener(q.WORK_CHANNEL, self._on_notify)
+            await conn.add_listener(q.FINISHED_CHANNEL, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
+        if pid in self._own_pids:  # our own commit: the hub was woken right after it
+            return
+        if channel == q.FINISHED_CHANNEL:
+            self.hub.notify_finished(payload)
+        else:
+            self.hub.notify_work()
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        if self._closing:
+            return
+        log.warning("lost the LISTEN connection to %s; reconnecting (waiters poll meanwhile)", self.url)
+        self._listener = None
+        self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        """Reconnect the LISTEN connection with backoff, then wake everyone: notifies may have been missed."""
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._listen()
+            except Exception as exc:  # whatever went wrong, try again later: waiters poll meanwhile
+                log.warning("cannot listen on %s yet, retrying in %.1f s: %s", self.url, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("listening on %s again", self.url)
+            self.hub.notify_work()
+            return
+
+    # --- runs -------------------------------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
+        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id."""
+        started = RunStarted(
+            workflow=new.workflow, input=new.input, run_id=new.id, random_seed=new.random_seed,
+            parent_id=new.parent_id,
+        )  # fmt: skip
+        row = await self._db.fetchrow(
+            q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
+            new.wake_at, encode_event(started),
+        )  # fmt: skip
+        if row is None:
+            existing = await self.get_run(new.id)
+            if existing is None:  # only if a concurrent create of this id rolled back
+                raise StoreError(f"run {new.id!r} was being created concurrently and vanished; retry")
+            return existing, False
+        if row[0]:
+            self.hub.notify_work()
+        return _run(row[1:]), row[0]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's row, or ``None``."""
+        row = await self._db.fetchrow(q.GET_RUN, run_id)
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
+        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
+        if workflow is not None:
+            args.append(workflow)
+        if status is not None:
+            args.append(status)
+        if cursor is not None:
+            args.extend(decode_cursor(cursor))
+        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
+        rows = await self._db.fetch(sql, *args)
+        runs = [_run(row) for row in rows[:limit]]
+        more = len(rows) > limit and runs
+        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1].created_at, runs[-1].id) if more else None)
+
+    async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
+        """The run's events with ``seq > after_seq``, in order."""
+        rows = await self._db.fetch(q.READ_HISTORY, run_id, after_seq)
+        return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in rows]
+
+    async def claim(self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories."""
+        if limit <= 0 or not workflows:
+            return []
+        rows = await self._db.fetch(q.CLAIM, worker_id, list(workflows), limit, float(lease_seconds))
+        claims = []
+        for row in rows:
+            run = _run(row)
+            history = _events(row[-3], row[-2], row[-1])
+            if len(history) != run.next_seq - 1:
+                # The statement's snapshot predates an append that committed just before our lock (by the worker
+                # whose lease we took over): read the history again, now that nobody else can extend it.
+                history = await self.read_history(run.id)
+            claims.append(Claim(run=run, history=history))
+        return claims
+
+    async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
+        """Apply each append if its writer holds the lease and starts at the next sequence number.
+
+        One statement per round of distinct run ids (normally a single round), so concurrent runs share one
+        round trip and one commit; a refused item changes nothing and does not affect the others.
+        """
+        outcomes: list[Exception | None] = [None] * len(batch)
+        pending = list(range(len(batch)))
+        while pending:
+            seen: set[str] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for index in pending:  # two appends to one run in a batch go in order, in separate statements
+                run_id = batch[index].run_id
+                (later if run_id in seen else now).append(index)
+                seen.add(run_id)
+            await self._append_round(batch, now, outcomes)
+            pending = later
+        return outcomes
+
+    async def _append_round(
+        self, batch: Sequence[Append], indexes: list[int], outcomes: list[Exception | None]
+    ) -> None:
+        items = [batch[i] for i in indexes]
+        async with self._db.acquire() as conn:
+            applied = {row[0] for row in await conn.fetch(q.APPEND, *_append_args(items))}
+            refused = [item for item in items if item.run_id not in applied]
+            fences = {}
+            if refused:
+                fences = {row[0]: row for row in await conn.fetch(q.FENCES, [i.run_id for i in refused])}
+        wake = False
+        for index, item in zip(indexes, items, strict=True):
+            if item.run_id not in applied:
+                outcomes[index] = _refusal(item, fences.get(item.run_id))
+            elif item.status in FINISHED_STATUSES:
+                self.hub.notify_finished(item.run_id)
+            elif item.release:
+                wake = True
+        if wake:
+            self.hub.notify_work()
+
+    async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
+        """Extend the leases still held; report lost ones and requested cancellations."""
+        if not leases:
+            return Heartbeat(lost=frozenset(), cancels={})
+        rows = await self._db.fetch(q.HEARTBEAT, worker_id, list(leases), list(leases.values()), float(lease_seconds))
+        held = {run_id: reason for run_id, reason in rows}
+        cancels = {run_id: reason for run_id, reason in held.items() if reason is not None}
+        return Heartbeat(lost=frozenset(leases.keys() - held.keys()), cancels=cancels)
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
+        """Record a cancellation request; a sleeping run becomes ready now. A finished run is returned as is."""
+        row = await self._db.fetchrow(q.REQUEST_CANCEL, run_id, reason)
+        if row is None:
+            run = await self.get_run(run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            return run
+        self.hub.notify_work()
+        return _run(row)
+
+    async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
+        """Flag a diverged run with ``report`` and release it until ``retry_at``.
+
+        Raises:
+            LeaseLost: this worker no longer holds the run's lease.
+        """
+        if await self._db.fetchval(q.MARK_BLOCKED, run_id, worker_id, epoch, report, retry_at) is None:
+            raise lease_lost(run_id)
+
+    async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
+        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows."""
+        if not workflows:
+            return None
+        wake_at: datetime | None = await self._db.fetchval(q.NEXT_WAKE_AT, list(workflows))
+        return wake_at
+
+    async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
+        """Record the names this worker serves (replacing what it registered before)."""
+        await self._db.execute(q.REGISTER_WORKFLOWS, worker_id, list(names))
+
+    async def known_workflows(self) -> set[str]:
+        """Every name any worker registered."""
+        return {row[0] for row in await self._db.fetch(q.KNOWN_WORKFLOWS)}
+
+
+async def _keep_session(_conn: Any) -> None:
+    """Skip asyncpg's default reset on release (``RESET ALL; UNLISTEN *; …``): one more round trip per query,
+    and nothing to undo, since pooled connections never change session state (no SET, no LISTEN, advisory locks
+    only transaction-scoped). asyncpg still rolls back a transaction left open."""
+
+
+def _append_args(items: Sequence[Append]) -> list[list[Any]]:
+    """The fifteen parallel arrays of ``APPEND``: ten with one element per item, five with one per event."""
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    (run_ids, workers, epochs, firsts, counts, statuses, results, errors, wakes, releases,
+     e_runs, e_seqs, e_ats, e_types, e_datas) = columns  # fmt: skip
+    for item in items:
+        run_ids.append(item.run_id)
+        workers.append(item.worker_id)
+        epochs.append(item.epoch)
+        firsts.append(item.first_seq)
+        counts.append(len(item.events))
+        statuses.append(item.status)
+        results.append(item.result)
+        errors.append(encode_error(item.error))
+        wakes.append(item.wake_at)
+        releases.append(item.release)
+        for offset, event in enumerate(item.events):
+            e_runs.append(item.run_id)
+            e_seqs.append(item.first_seq + offset)
+            e_ats.append(item.at)
+            e_types.append(event_type(event))
+            e_datas.append(encode_event(event))
+    return columns
+
+
+def _refusal(item: Append, fence: Any) -> Exception:
+    """Why ``item`` was refused, from its run's lease and next_seq read just after: lease first, like memory."""
+    if fence is None:
+        return lease_lost(item.run_id)
+    _id, owner, epoch, live, next_seq = fence
+    if owner != item.worker_id or epoch != item.epoch or not live:
+        return lease_lost(item.run_id)
+    if next_seq != item.first_seq:
+        return history_conflict(item.run_id, item.first_seq, next_seq)
+    return lease_lost(item.run_id)  # the fence held again by the time we looked; report it as lost

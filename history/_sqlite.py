@@ -1,0 +1,520 @@
+"""The SQLite store: the embedded default, runs and histories in one file, no server.
+
+URLs: ``sqlite:///relative/path.db`` (relative to the current directory), ``sqlite:////absolute/path.db``, and
+``sqlite:///:memory:`` (a private in-memory database that lives as long as the store).
+
+``sqlite3`` blocks, so each store owns one background thread with its own connection; every call is a function
+submitted to that thread and awaited, and the event loop never waits on the disk. The file is in WAL mode with
+a busy timeout, so several processes can share it: writes take the lock up front (``BEGIN IMMEDIATE``) and are
+serialized, reads run beside them. Wake-ups reach this process's hub only; other processes see changes when
+they poll, which workers and waiters do anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+
+from . import _sqlite_queries as q
+from ._codec import decode_event, encode_event, event_type
+from ._cursor import decode_cursor, encode_cursor
+from ._errors import DatabaseUnavailable, DurableError, RunNotFound, SchemaError
+from ._events import RecordedEvent, RunStarted
+from ._notify import Hub
+from ._records import FINISHED_STATUSES, Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
+from ._sql import Migration, check_not_newer, decode_error, encode_error, history_conflict, lease_lost, load_migrations
+
+_T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_FIELDS = RunRecord.__struct_fields__
+_ERROR_COLUMN = _FIELDS.index("error")
+_TIME_COLUMNS = tuple(
+    _FIELDS.index(name)
+    for name in ("created_at", "updated_at", "started_at", "finished_at", "wake_at", "lease_expires_at")
+)
+_json = msgspec.json.Encoder()
+if tuple(q.RUN_COLUMNS.split(", ")) != _FIELDS:  # rows are turned into records by position
+    raise ImportError("history._sqlite_queries.RUN_COLUMNS is out of step with the fields of RunRecord")
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ``:memory:``) of a ``sqlite:///…`` URL.
+
+    Raises:
+        DurableError: the URL is not of one of the documented forms.
+    """
+    prefix = "sqlite:///"
+    path = url[len(prefix) :].split("?", 1)[0] if url.lower().startswith(prefix) else ""
+    if not path:
+        raise DurableError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db or "
+            f"sqlite:///:memory:"
+        )
+    return path
+
+
+def _us(moment: datetime) -> int:
+    """A timezone-aware datetime as integer microseconds since the epoch (exact, unlike a float)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _us_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else _us(moment)
+
+
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    """A ``RunRecord`` from the ``RUN_COLUMNS`` of a row, by position."""
+    fields = list(row)
+    for index in _TIME_COLUMNS:
+        if fields[index] is not None:
+            fields[index] = _time(fields[index])
+    fields[_ERROR_COLUMN] = decode_error(fields[_ERROR_COLUMN])
+    return RunRecord(*fields)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would commit the enclosing transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    leftover = [line for line in current.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    if leftover:
+        raise SchemaError(f"unterminated statement at the end of a SQLite migration: {current.strip()[:80]!r}")
+    return statements
+
+
+class SqliteStore:
+    """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
+
+    Args:
+        url: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
+        busy_timeout: seconds a write waits for another process's write to finish before failing.
+        synchronous: SQLite's ``synchronous`` setting. ``"full"`` (the default) makes every commit survive a
+            power cut; ``"normal"`` survives a crash of the process but not of the machine, and is faster.
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
+        self.url = url
+        self.hub = Hub()
+        self.path = sqlite_path(url)
+        if synchronous.lower() not in ("off", "normal", "full", "extra"):
+            raise ValueError(f"synchronous must be 'full', 'normal', 'extra' or 'off', not {synchronous!r}")
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._applied: list[int] = []  # the migrations the last open() applied
+        self._migrations = load_migrations("sqlite")
+
+    # --- plumbing ---------------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the store's thread and await its result."""
+        if self._executor is None:
+            raise DurableError(f"the SQLite store {self.url} is not open: call `await store.open()` first")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(db, now_us, *args)`` in a write transaction on the store's thread."""
+        return await self._call(self._transaction, fn, *args)
+
+    def _transaction(self, fn: Callable[..., _T], *args: Any) -> _T:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")  # take the write lock now: a deferred upgrade could fail with SQLITE_BUSY
+        except sqlite3.OperationalError as exc:  # the busy timeout ran out
+            raise DatabaseUnavailable(
+                f"the SQLite database {self.path} stayed locked by another writer for {self._busy_timeout:g} s "
+                f"({exc}); retry, or use PostgreSQL for many concurrent workers"
+            ) from None
+        try:
+            # "now" is read once the lock is held, so lease checks are not stale after waiting for it.
+            result = fn(db, _now_us(), *args)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
+
+    def _connection(self) -> sqlite3.Connection:
+        assert self._db is not None, "the store's thread has no connection"
+        return self._db
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the file, switch it to WAL mode and bring the schema up to date.
+
+        Raises:
+            DatabaseUnavailable: the file cannot be created or opened, or is not a SQLite database.
+            SchemaError: the schema is newer than this code, or has Durable's table names without its history.
+        """
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="durable-sqlite")
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def upgrade(self) -> list[int]:
+        """Apply the migrations this database lacks; return the versions applied (for ``durable db upgrade``)."""
+        if self._executor is not None:
+            return await self._call(self._migrate_sync)
+        await self.open()  # open() upgrades; report what it did
+        try:
+            return self._applied
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the connection and stop the store's thread."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=True)  # the thread is idle by now: this returns at once
+
+    def _open_sync(self) -> None:
+        try:
+            if self.path != ":memory:":
+                folder = os.path.dirname(os.path.abspath(self.path))
+                if not os.path.isdir(folder):
+                    raise DatabaseUnavailable(
+                        f"cannot create the SQLite database {self.path}: the directory {folder} does not exist. "
+                        f"Create it, or set DURABLE_DATABASE_URL to sqlite:///<a path in an existing directory>."
+                    )
+            self._db = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, cached_statements=256
+            )
+            self._enable_wal(self._db)
+            self._db.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            self._applied = self._migrate_sync()
+        except sqlite3.DatabaseError as exc:
+            self._close_sync()
+            raise DatabaseUnavailable(self._explain(exc)) from None
+        except BaseException:
+            self._close_sync()
+            raise
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (persistent; also the first read of the file, so garbage fails here).
+
+        Switching returns "database is locked" at once, without waiting for the busy timeout, when other
+        processes are opening the same new file at that moment: retry until the busy timeout runs out.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.005)
+
+    def _explain(self, exc: sqlite3.DatabaseError) -> str:
+        """A message for an error opening the file, naming it and what to do."""
+        where = os.path.abspath(self.path) if self.path != ":memory:" else self.path
+        text = str(exc)
+        if "not a database" in text:
+            return (
+                f"{where} exists but is not a SQLite database ({text}). Point DURABLE_DATABASE_URL at another "
+                f"file, or move this one away if it is not needed."
+            )
+        if "unable to open" in text or "readonly" in text:
+            return (
+                f"cannot create or write the SQLite database {where} ({text}). Check that its directory exists "
+                f"and is writable by this user, or set DURABLE_DATABASE_URL to a writable location."
+            )
+        if "locked" in text:
+            return f"the SQLite database {where} stayed locked by another process ({text}); retry."
+        return f"cannot open the SQLite database {where}: {text}."
+
+    def _close_sync(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _migrate_sync(self) -> list[int]:
+        """Apply missing migrations in one transaction; ``BEGIN IMMEDIATE`` keeps other processes out."""
+        db = self._connection()
+        latest = self._migrations[-1].version
+        try:
+            current = db.execute(q.SCHEMA_VERSION).fetchone()[0] or 0
+        except sqlite3.OperationalError:  # no version table yet
+            current = 0
+        check_not_newer(current, self._migrations, self.path)
+        if current == latest:
+            return []
+        return self._transaction(self._apply_migrations)
+
+    def _apply_migrations(self, db: sqlite3.Connection, now: int) -> list[int]:
+        db.execute(q.CREATE_VERSION_TABLE)
+        current = db.execute(q.SCHEMA_VERSION).fetchone()[0] or 0  # another process may have upgraded meanwhile
+        check_not_newer(current, self._migrations, self.path)
+        applied = []
+        for migration in self._migrations[current:]:
+            self._apply_migration(db, migration)
+            db.execute(q.RECORD_VERSION, (migration.version, migration.name, now))
+            applied.append(migration.version)
+        return applied
+
+    def _apply_migration(self, db: sqlite3.Connection, migration: Migration) -> None:
+        for statement in _statements(migration.sql):
+            try:
+                db.execute(statement)
+            except sqlite3.OperationalError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                raise SchemaError(
+                    f"the SQLite database {self.path} has objects named like Durable's ({exc}) that Durable's "
+                    f"migrations did not create: use a file of its own for Durable"
+                ) from None
+
+    # --- runs -------------------------------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
+        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id."""
+        run, created = await self._write(self._create_run, new)
+        if created:
+            self.hub.notify_work()
+        return run, created
+
+    @staticmethod
+    def _create_run(db: sqlite3.Connection, now: int, new: NewRun) -> tuple[RunRecord, bool]:
+        row = db.execute(
+            q.CREATE_RUN,
+            (new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
+             _us_or_none(new.wake_at), now),
+        ).fetchone()  # fmt: skip
+        if row is None:
+            return _run(db.execute(q.GET_RUN, (new.id,)).fetchone()), False
+        started = RunStarted(
+            workflow=new.workflow, input=new.input, run_id=new.id, random_seed=new.random_seed,
+            parent_id=new.parent_id,
+        )  # fmt: skip
+        db.execute(q.INSERT_EVENT, (new.id, 1, now, "run_started", encode_event(started)))
+        return _run(row), True
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's row, or ``None``."""
+        return await self._call(self._get_run, run_id)
+
+    def _get_run(self, run_id: str) -> RunRecord | None:
+        row = self._connection().execute(q.GET_RUN, (run_id,)).fetchone()
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
+        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
+        if workflow is not None:
+            args.append(workflow)
+        if status is not None:
+            args.append(status)
+        if cursor is not None:
+            created_at, run_id = decode_cursor(cursor)
+            args += [_us(created_at), run_id]
+        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
+        runs = await self._call(self._list_runs, sql, args)
+        page = runs[:limit]
+        more = len(runs) > limit and page
+        return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+
+    def _list_runs(self, sql: str, args: list[Any]) -> list[RunRecord]:
+        return [_run(row) for row in self._connection().execute(sql, args)]
+
+    async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
+        """The run's events with ``seq > after_seq``, in order."""
+        return await self._call(self._read_history, run_id, after_seq)
+
+    def _read_history(self, run_id: str, after_seq: int) -> list[RecordedEvent]:
+        rows = self._connection().execute(q.READ_HISTORY, (run_id, after_seq))
+        return [RecordedEvent(seq, _time(at), decode_event(data)) for seq, at, data in rows]
+
+    async def claim(self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories."""
+        if limit <= 0 or not workflows:
+            return []
+        names = _json.encode(list(workflows))
+        return await self._call(self._claim, worker_id, names, limit, round(lease_seconds * 1e6))
+
+    def _claim(self, worker_id: str, names: bytes, limit: int, lease_us: int) -> list[Claim]:
+        # Look without the write lock first: an idle worker's poll then never blocks another process's writes.
+        if self._connection().execute(q.CLAIM_CANDIDATES, (names, _now_us(), limit)).fetchone() is None:
+            return []
+        return self._transaction(self._lease, worker_id, names, limit, lease_us)
+
+    @staticmethod
+    def _lease(
+        db: sqlite3.Connection, now: int, worker_id: str, names: bytes, limit: int, lease_us: int
+    ) -> list[Claim]:
+        ids = [row[0] for row in db.execute(q.CLAIM_CANDIDATES, (names, now, limit))]
+        runs = [_run(db.execute(q.LEASE, (worker_id, now + lease_us, now, run_id)).fetchone()) for run_id in ids]
+        histories: dict[str, list[RecordedEvent]] = {run_id: [] for run_id in ids}
+        for run_id, seq, at, data in db.execute(q.READ_HISTORIES, (_json.encode(ids),)):
+            histories[run_id].append(RecordedEvent(seq, _time(at), decode_event(data)))
+        return [Claim(run=run, history=histories[run.id]) for run in runs]
+
+    async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
+        """Apply each append if its writer holds the lease and starts at the next sequence number.
+
+        The whole batch is one transaction (one commit, one fsync); a refused item changes nothing and does not
+        affect the others.
+        """
+        if not batch:
+            return []
+        outcomes = await self._write(self._append, batch)
+        wake = False
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if outcome is not None:
+                continue
+            if item.status in FINISHED_STATUSES:
+                self.hub.notify_finished(item.run_id)
+            elif item.release:
+                wake = True
+        if wake:
+            self.hub.notify_work()
+        return outcomes
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, now: int, batch: Sequence[Append]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        for item in batch:
+            finished = item.status in FINISHED_STATUSES
+            updated = db.execute(
+                q.APPEND_RUN,
+                (item.status, len(item.events), now, item.result, encode_error(item.error), finished,
+                 _us_or_none(item.wake_at), finished or item.release, item.run_id, item.worker_id, item.epoch,
+                 item.first_seq),
+            ).rowcount  # fmt: skip
+            if updated != 1:
+                outcomes.append(_refusal(db, now, item))
+                continue
+            at = _us(item.at)
+            db.executemany(
+                q.INSERT_EVENT,
+                [(item.run_id, item.first_seq + offset, at, event_type(event), encode_event(event))
+                 for offset, event in enumerate(item.events)],
+            )  # fmt: skip
+            outcomes.append(None)
+        return outcomes
+
+    async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
+        """Extend the leases still held; report lost ones and requested cancellations."""
+        if not leases:
+            return Heartbeat(lost=frozenset(), cancels={})
+        return await self._write(self._heartbeat, worker_id, leases, round(lease_seconds * 1e6))
+
+    @staticmethod
+    def _heartbeat(
+        db: sqlite3.Connection, now: int, worker_id: str, leases: dict[str, int], lease_us: int
+    ) -> Heartbeat:
+        lost: set[str] = set()
+        cancels: dict[str, str] = {}
+        for run_id, epoch in leases.items():
+            row = db.execute(q.HEARTBEAT, (worker_id, run_id, epoch, now + lease_us, now)).fetchone()
+            if row is None:
+                lost.add(run_id)
+            elif row[0] is not None:
+                cancels[run_id] = row[0]
+        return Heartbeat(lost=frozenset(lost), cancels=cancels)
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
+        """Record a cancellation request; a sleeping run becomes ready now. A finished run is returned as is."""
+        run, changed = await self._write(self._request_cancel, run_id, reason)
+        if changed:
+            self.hub.notify_work()
+        return run
+
+    @staticmethod
+    def _request_cancel(db: sqlite3.Connection, now: int, run_id: str, reason: str) -> tuple[RunRecord, bool]:
+        row = db.execute(q.REQUEST_CANCEL, (run_id, reason, now)).fetchone()
+        if row is not None:
+            return _run(row), True
+        row = db.execute(q.GET_RUN, (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return _run(row), False
+
+    async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
+        """Flag a diverged run with ``report`` and release it until ``retry_at``.
+
+        Raises:
+            LeaseLost: this worker no longer holds the run's lease.
+        """
+        await self._write(self._mark_blocked, run_id, worker_id, epoch, report, _us(retry_at))
+
+    @staticmethod
+    def _mark_blocked(
+        db: sqlite3.Connection, now: int, run_id: str, worker_id: str, epoch: int, report: str, retry_at: int
+    ) -> None:
+        if db.execute(q.MARK_BLOCKED, (run_id, worker_id, epoch, report, retry_at, now)).rowcount != 1:
+            raise lease_lost(run_id)
+
+    async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
+        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows."""
+        if not workflows:
+            return None
+        us = await self._call(self._scalar, q.NEXT_WAKE_AT, (_json.encode(list(workflows)),))
+        return None if us is None else _time(us)
+
+    def _scalar(self, sql: str, args: tuple[Any, ...]) -> Any:
+        row = self._connection().execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
+        """Record the names this worker serves (replacing what it registered before)."""
+        await self._write(self._register, worker_id, list(names))
+
+    @staticmethod
+    def _register(db: sqlite3.Connection, now: int, worker_id: str, names: list[str]) -> None:
+        db.execute(q.UNREGISTER_WORKER, (worker_id,))
+        db.executemany(q.REGISTER_WORKFLOW, [(worker_id, name, now) for name in names])
+
+    async def known_workflows(self) -> set[str]:
+        """Every name any worker registered."""
+        return await self._call(self._known_workflows)
+
+    def _known_workflows(self) -> set[str]:
+        return {row[0] for row in self._connection().execute(q.KNOWN_WORKFLOWS)}
+
+
+def _refusal(db: sqlite3.Connection, now: int, item: Append) -> Exception:
+    """Why ``item`` was refused: the lease first (like the memory store), then the sequence number."""
+    row = db.execute(q.FENCE, (item.run_id,)).fetchone()
+    if row is None:
+        return lease_lost(item.run_id)
+    owner, epoch, expires_at, next_seq = row
+    if owner != item.worker_id or epoch != item.epoch or expires_at is None or expires_at <= now:
+        return lease_lost(item.run_id)
+    return history_conflict(item.run_id, item.first_seq, next_seq)

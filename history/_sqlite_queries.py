@@ -1,0 +1,166 @@
+"""Every SQL statement the SQLite store runs, by name, each with a one-line comment.
+
+Placeholders are positional (``?1``…), the fastest kind for the ``sqlite3`` module, whose statement cache is
+keyed by the text. Lists (workflow names, run ids) are passed as one JSON array and read with ``json_each``, so
+each statement's text stays constant. Times are integer microseconds since the Unix epoch, UTC.
+The schema itself lives in ``migrations/sqlite/*.sql``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+FINISHED = "('completed', 'failed', 'cancelled')"
+"""SQL list of the statuses of finished runs (``history.FINISHED_STATUSES``)."""
+
+RUN_COLUMNS = (
+    "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
+    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id"
+)
+"""The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_sqlite``)."""
+
+# --- schema management ---------------------------------------------------------------------------------------
+
+# The applied migration versions, created before the first migration runs.
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS durable_schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    applied_at INTEGER NOT NULL
+)"""
+
+# The newest applied version (NULL when none); fails with "no such table" on a database Durable never touched.
+SCHEMA_VERSION = "SELECT max(version) FROM durable_schema_version"
+
+# Record one applied migration.
+RECORD_VERSION = "INSERT INTO durable_schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)"
+
+# --- runs ----------------------------------------------------------------------------------------------------
+
+# Create a run (?1 id … ?7 wake_at, ?8 now); no row when the id exists already.
+CREATE_RUN = f"""
+INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
+                          parent_id, wake_at)
+VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7)
+ON CONFLICT (id) DO NOTHING
+RETURNING {RUN_COLUMNS}"""
+
+# Add one event to a history.
+INSERT_EVENT = "INSERT INTO durable_events (run_id, seq, at, type, data) VALUES (?1, ?2, ?3, ?4, ?5)"
+
+# One run's row.
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE id = ?1"
+
+# A run's events after a sequence number, in order.
+READ_HISTORY = "SELECT seq, at, data FROM durable_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq"
+
+# The histories of several runs (?1: JSON array of ids), grouped by run and in order.
+READ_HISTORIES = """
+SELECT run_id, seq, at, data FROM durable_events
+WHERE run_id IN (SELECT value FROM json_each(?1)) ORDER BY run_id, seq"""
+
+
+@cache
+def list_runs(by_workflow: bool, by_status: bool, after: bool) -> str:
+    """Runs newest first, optionally filtered, after a keyset cursor; ``?1`` is the row limit.
+
+    One statement per combination of filters (eight at most), so that each gets a plan with the right index.
+    """
+    where, args = [], 1
+    if by_workflow:
+        args += 1
+        where.append(f"workflow = ?{args}")
+    if by_status:
+        args += 1
+        where.append(f"status = ?{args}")
+    if after:
+        where.append(f"(created_at, id) < (?{args + 1}, ?{args + 2})")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {RUN_COLUMNS} FROM durable_runs {clause} ORDER BY created_at DESC, id DESC LIMIT ?1"
+
+
+# The ids of up to ?3 ready runs of the workflows in JSON array ?1 at time ?2, in claim order. Two branches,
+# each on its own partial index: unleased runs (the normal case) and expired leases (a worker died). The unary
+# "+" in "+workflow" keeps SQLite from preferring the workflow index, which also holds every finished run.
+CLAIM_CANDIDATES = f"""
+SELECT id FROM (
+    SELECT * FROM (
+        SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at FROM durable_runs
+        WHERE lease_owner IS NULL AND status NOT IN {FINISHED}
+          AND +workflow IN (SELECT value FROM json_each(?1)) AND coalesce(wake_at, created_at) <= ?2
+        ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id LIMIT ?3)
+    UNION ALL
+    SELECT * FROM (
+        SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at FROM durable_runs
+        WHERE lease_owner IS NOT NULL AND lease_expires_at <= ?2 AND status NOT IN {FINISHED}
+          AND +workflow IN (SELECT value FROM json_each(?1)) AND (wake_at IS NULL OR wake_at <= ?2)
+        ORDER BY lease_expires_at LIMIT ?3)
+)
+ORDER BY priority DESC, sort_at, created_at, id LIMIT ?3"""
+
+# Lease run ?4 to worker ?1 until ?2, at time ?3.
+LEASE = f"""
+UPDATE durable_runs
+SET status = 'running', lease_owner = ?1, lease_epoch = lease_epoch + 1, lease_expires_at = ?2,
+    started_at = coalesce(started_at, ?3), updated_at = ?3, wake_at = NULL
+WHERE id = ?4
+RETURNING {RUN_COLUMNS}"""
+
+# Apply one append's row update if its fence holds: worker ?10 with epoch ?11 holds a live lease at time ?3 and
+# the history's next event is ?12. ?6 is "the run finishes", ?8 "the lease is given up". Mirrors
+# MemoryStore._apply.
+APPEND_RUN = """
+UPDATE durable_runs
+SET status = coalesce(?1, status),
+    next_seq = next_seq + ?2,
+    updated_at = ?3,
+    blocked = NULL,
+    result = coalesce(?4, result),
+    error = coalesce(?5, error),
+    finished_at = CASE WHEN ?6 THEN ?3 ELSE finished_at END,
+    wake_at = CASE WHEN ?6 THEN NULL ELSE ?7 END,
+    lease_owner = CASE WHEN ?8 THEN NULL ELSE lease_owner END,
+    lease_expires_at = CASE WHEN ?8 THEN NULL ELSE lease_expires_at END
+WHERE id = ?9 AND lease_owner = ?10 AND lease_epoch = ?11 AND lease_expires_at > ?3 AND next_seq = ?12"""
+
+# Why an append was refused: the run's lease and next_seq.
+FENCE = "SELECT lease_owner, lease_epoch, lease_expires_at, next_seq FROM durable_runs WHERE id = ?1"
+
+# Extend run ?2's lease to ?4 if worker ?1 holds it with epoch ?3 and it is live at ?5; returns any cancel request.
+HEARTBEAT = """
+UPDATE durable_runs SET lease_expires_at = ?4
+WHERE id = ?2 AND lease_owner = ?1 AND lease_epoch = ?3 AND lease_expires_at > ?5
+RETURNING cancel_reason"""
+
+# Record a cancellation request on an unfinished run and make it ready now; no row if missing or finished.
+REQUEST_CANCEL = f"""
+UPDATE durable_runs SET cancel_reason = ?2, wake_at = NULL, updated_at = ?3
+WHERE id = ?1 AND status NOT IN {FINISHED}
+RETURNING {RUN_COLUMNS}"""
+
+# Flag a diverged run with report ?4 and release it until ?5, if worker ?2 holds lease epoch ?3 live at ?6.
+MARK_BLOCKED = """
+UPDATE durable_runs
+SET blocked = ?4, wake_at = ?5, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?6
+WHERE id = ?1 AND lease_owner = ?2 AND lease_epoch = ?3 AND lease_expires_at > ?6"""
+
+# The earliest wake time among unleased, unfinished runs of the workflows in JSON array ?1 (in the order of the
+# claim index, where a run with a wake time is due at it).
+NEXT_WAKE_AT = f"""
+SELECT wake_at FROM durable_runs
+WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL
+  AND +workflow IN (SELECT value FROM json_each(?1))
+ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+
+# --- workers -------------------------------------------------------------------------------------------------
+
+# Forget the names worker ?1 registered before (REGISTER_WORKFLOW then adds the current ones).
+UNREGISTER_WORKER = "DELETE FROM durable_workers WHERE worker_id = ?1"
+
+# Record that worker ?1 serves workflow ?2 (at time ?3).
+REGISTER_WORKFLOW = """
+INSERT INTO durable_workers (worker_id, workflow, registered_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (worker_id, workflow) DO UPDATE SET registered_at = excluded.registered_at"""
+
+# Every workflow name any worker registered.
+KNOWN_WORKFLOWS = "SELECT DISTINCT workflow FROM durable_workers"
