@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 log = logging.getLogger("durable.worker")
+
+_NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+"""``wake_at`` of a run that waits for nothing the worker can schedule."""
 
 _BLOCKED_RETRY = timedelta(seconds=60)
 """How long a run whose replay diverged waits before the next try (fixed code may be deployed by then)."""
@@ -152,7 +155,9 @@ class RunDriver:
             if not self._running and not self.worker.stopping and (
                 next_due is None or (next_due - now).total_seconds() > self.worker.horizon
             ):
-                await self._release(wake_at=next_due, status=WAITING)
+                # Nothing due at all (the code awaits something no command will resolve): park the run until a
+                # cancellation (which makes it ready) rather than let workers claim and replay it in a loop.
+                await self._release(wake_at=next_due or _NEVER, status=WAITING)
                 return
             if self._pending_events and not self._running:
                 # Only timers are left to wait for: record them (and values drawn before) now, so a sleep is
@@ -217,7 +222,10 @@ class RunDriver:
         ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
         try:
             async with asyncio.timeout(definition.timeout):
-                if definition.is_async:
+                if self.worker.step_interceptor is not None:
+                    proceed = functools.partial(_call_body, step)
+                    ended.result = await self.worker.step_interceptor(info, step.args, step.kwargs, proceed)
+                elif definition.is_async:
                     ended.result = await definition.fn(*step.args, **step.kwargs)
                 else:
                     call = functools.partial(definition.fn, *step.args, **step.kwargs)
@@ -330,3 +338,12 @@ class RunDriver:
         log.error("%s", exc)
         retry_at = self.worker.clock() + _BLOCKED_RETRY
         await self.worker.store.mark_blocked(self.run_id, self.worker.worker_id, self.epoch, str(exc), retry_at)
+
+
+async def _call_body(step: StepRequest) -> Any:
+    """A step attempt's body, for a step interceptor's ``proceed`` (the hot path above inlines the same)."""
+    definition = step.definition
+    if definition.is_async:
+        return await definition.fn(*step.args, **step.kwargs)
+    call = functools.partial(definition.fn, *step.args, **step.kwargs)
+    return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)

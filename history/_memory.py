@@ -103,8 +103,8 @@ class MemoryStore:
         if cursor is not None:
             after = decode_cursor(cursor)
             runs = [r for r in runs if (r.created_at, r.id) < after]
-        page = runs[:limit]
-        more = len(runs) > limit
+        page = runs[: max(limit, 0)]
+        more = len(runs) > limit and bool(page)
         return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:

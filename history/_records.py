@@ -73,7 +73,7 @@ class Append(msgspec.Struct, frozen=True):
 
     The run row is updated in the same commit: ``status`` (if not None), ``result``/``error`` (terminal runs),
     ``wake_at``, and when ``release`` is true the lease is given up so the run can be claimed again at
-    ``wake_at`` (``None``: never, unless woken). ``at`` is the time stamped on every event of the batch.
+    ``wake_at`` (``None``: at once). ``at`` is the time stamped on every event of the batch.
     ``events`` may be empty (a pure status update or release).
     """
 

@@ -162,6 +162,18 @@ async def test_cancel_a_sleeping_run(engine_url: str) -> None:
     assert type(history[-1].event).__name__ == "RunCancelled"
 
 
+async def test_a_run_waiting_for_nothing_is_parked_not_replayed_in_a_loop(engine_url: str) -> None:
+    async with durable.Engine(engine_url, poll_interval=0.05) as engine:
+        run = await engine.start(wf.waits_forever)
+        await asyncio.sleep(0.5)
+        execution = await engine.get_execution(run.id)
+        assert execution.status == "waiting" and execution.wake_at is not None and execution.wake_at.year == 9999
+        assert engine.worker is not None and engine.worker.active_runs == 0
+        await engine.cancel(run.id, reason="stop waiting")
+        with pytest.raises(durable.WorkflowCancelled):
+            await run.result(timeout=20)
+
+
 async def test_list_executions_filters_and_pages(engine_url: str) -> None:
     async with durable.Engine(engine_url) as engine:
         runs = [await engine.start(wf.sequence, i) for i in range(5)]

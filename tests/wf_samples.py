@@ -111,3 +111,8 @@ async def returns_set(ctx: durable.WorkflowContext) -> object:
 @durable.workflow(name="bad_step_argument")
 async def bad_step_argument(ctx: durable.WorkflowContext) -> None:
     await add(object(), 1)  # type: ignore[arg-type]
+
+
+@durable.workflow(name="waits_forever")
+async def waits_forever(ctx: durable.WorkflowContext) -> None:
+    await asyncio.get_running_loop().create_future()  # nothing will ever resolve this
