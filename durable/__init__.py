@@ -5,6 +5,7 @@ Everything a user needs is importable from here.
 
 from replay import WorkflowContext
 
+from . import replay as replay  # the replay tool: durable.replay.replay(workflow, "run.json")
 from ._definitions import Step, Workflow, registered_workflows, step, workflow
 from ._engine import Engine, RunHandle
 from ._execution import Execution, ExecutionPage, StepView
@@ -15,6 +16,7 @@ from .errors import (
     DatabaseUnavailable,
     DurableError,
     HistoryConflict,
+    HistoryFileError,
     LeaseLost,
     NonDeterminismError,
     NonRetryableError,
@@ -40,6 +42,7 @@ __all__ = [
     "Execution",
     "ExecutionPage",
     "HistoryConflict",
+    "HistoryFileError",
     "LeaseLost",
     "NonDeterminismError",
     "NonRetryableError",

@@ -1,4 +1,5 @@
-"""The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``.
+"""The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``, and
+(from ``_cli_history``) ``history`` and ``replay``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -43,9 +44,11 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``durable`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    from . import _cli_history
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_cli_history.normalize_argv(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # argparse exits on --help and on usage errors; we return the code instead
         return exc.code if isinstance(exc.code, int) else 2
     _configure_logging(args)
@@ -119,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
+    from . import _cli_history  # history, history export/import, replay (imports this module: hence here)
+
+    _cli_history.add_commands(add, [common])
     return parser
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,10 @@ log = logging.getLogger("durable")
 _RESULT_POLL = 1.0
 """Fallback poll while awaiting a result: a finish notification usually arrives first (same process, or
 Postgres NOTIFY); this bounds the wait when it cannot (another process on SQLite)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class RunHandle:
@@ -78,6 +83,8 @@ class Engine:
         workflows: the workflows the in-process worker serves (default: every ``@durable.workflow`` imported).
         concurrency, lease_seconds, horizon, poll_interval: the worker's settings (see ``durable.Worker``).
         store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
+        clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
+            give a store with a virtual clock the same one (``durable.testing`` does).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -93,13 +100,17 @@ class Engine:
         horizon: float = 5.0,
         poll_interval: float = 2.0,
         store: Store | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store(url)
         self._run_worker = worker
         self._workflows = workflows
-        self._worker_options = dict(
+        self._clock = clock or _utcnow
+        self._worker_options: dict[str, Any] = dict(
             concurrency=concurrency, lease_seconds=lease_seconds, horizon=horizon, poll_interval=poll_interval
         )
+        if clock is not None:
+            self._worker_options["clock"] = clock
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._opened = False
@@ -116,7 +127,7 @@ class Engine:
         await self.store.open()
         self._opened = True
         if self._run_worker:
-            self.worker = Worker(self.store, self._served(), **self._worker_options)  # type: ignore[arg-type]
+            self.worker = Worker(self.store, self._served(), **self._worker_options)
             self._worker_task = asyncio.get_running_loop().create_task(self.worker.run())
         return self
 
@@ -178,7 +189,7 @@ class Engine:
         wake_at = None
         if delay is not None:
             seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-            wake_at = datetime.now(UTC) + timedelta(seconds=seconds)
+            wake_at = self._clock() + timedelta(seconds=seconds)
         new = NewRun(
             id=workflow_id or new_run_id(),
             workflow=name,

@@ -14,16 +14,25 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from history import Append, Claim, HistoryConflict, LeaseLost, Store
 
 from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
+from ._step_context import StepInfo
 
 log = logging.getLogger("durable.worker")
+
+
+StepInterceptor = Callable[
+    [StepInfo, tuple[Any, ...], dict[str, Any], Callable[[], Awaitable[Any]]], Awaitable[Any]
+]
+"""``(info, args, kwargs, proceed) -> result``: called instead of each step attempt's body; ``await proceed()``
+runs the real body. A testing hook (``durable.testing`` injects failures and mocks with it)."""
 
 
 def _utcnow() -> datetime:
@@ -47,6 +56,8 @@ class Worker:
         horizon: waits (timers, retry delays) shorter than this are done in memory, holding the lease; longer
             ones release the run until it is due.
         poll_interval: fallback poll when no notification arrives.
+        clock: what "now" is (timers, retry times, ``ctx.now()``); a test passes a virtual clock.
+        step_interceptor: a testing hook called instead of every step attempt's body (see ``StepInterceptor``).
     """
 
     def __init__(
@@ -60,6 +71,7 @@ class Worker:
         poll_interval: float = 2.0,
         clock: Callable[[], datetime] = _utcnow,
         worker_id: str | None = None,
+        step_interceptor: StepInterceptor | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -73,6 +85,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.clock = clock
         self.worker_id = worker_id or make_worker_id()
+        self.step_interceptor = step_interceptor
         self.stopping = False
         self.counts: collections.Counter[str] = collections.Counter()
         self._appender = GroupAppender(store)

@@ -13,6 +13,7 @@
     ├── RunNotFound (also LookupError)         no run with that id
     ├── UnknownWorkflowError (also LookupError) no workflow registered under that name
     ├── NonDeterminismError                    replayed code issued other commands than the history records
+    ├── HistoryFileError                       a history file is cut short, edited, or from a newer Durable
     ├── WorkflowCodeError                      workflow code did something replay cannot reproduce
     ├── StepFailed                             raised in a workflow when a step failed for good
     ├── WorkflowFailed                         raised by ``run.result()`` when the run failed
@@ -38,10 +39,13 @@ from history import (
 )
 from replay import NonDeterminismError, WorkflowCodeError
 
+from ._history_file import HistoryFileError
+
 __all__ = [
     "DatabaseUnavailable",
     "DurableError",
     "HistoryConflict",
+    "HistoryFileError",
     "LeaseLost",
     "NonDeterminismError",
     "NonRetryableError",

@@ -37,3 +37,15 @@ class HistoryConflict(LeaseLost):
 
 class RunNotFound(DurableError, LookupError):
     """No run has the given id."""
+
+
+class RunAlreadyFinished(DurableError):
+    """The run has finished; it takes no more events or input."""
+
+
+class InputNotPending(DurableError, LookupError):
+    """The run does not wait for an input with that key (never asked, timed out, or already answered)."""
+
+
+class InputAlreadyProvided(InputNotPending):
+    """The input was provided already; a second answer is refused, not applied."""

@@ -39,6 +39,9 @@ class RunStarted(_Event, tag="run_started", frozen=True):
     run_id: str
     random_seed: int
     parent_id: str | None = None
+    deadline: datetime | None = None
+    """When the whole run times out (``@durable.workflow(timeout=...)``), fixed when it started."""
+    continued_from: str | None = None
 
 
 class StepScheduled(_Event, tag="step_scheduled", frozen=True):
@@ -102,6 +105,75 @@ class PatchMarked(_Event, tag="patch_marked", frozen=True):
     patch_id: str
 
 
+class EventWaitStarted(_Event, tag="event_wait_started", frozen=True):
+    """The workflow waits for an external event ``name`` (``ctx.wait_for_event``)."""
+
+    command_id: int
+    name: str
+    timeout_at: datetime | None = None
+
+
+class InputRequested(_Event, tag="input_requested", frozen=True):
+    """The workflow waits for a person's input ``key`` (``ctx.wait_for_input``) described by ``spec``."""
+
+    command_id: int
+    key: str
+    prompt: str
+    spec: msgspec.Raw
+    timeout_at: datetime | None = None
+
+
+class MessageReceived(_Event, tag="message_received", frozen=True):
+    """A message from outside reached the run: an external event (``kind="event"``) or a person's input
+    (``kind="input"``). Recorded when it arrives, whether or not the workflow waits for it yet."""
+
+    message_id: int
+    kind: str
+    name: str
+    payload: msgspec.Raw
+
+
+class ChildStarted(_Event, tag="child_started", frozen=True):
+    """The workflow started a child run (``ctx.call_workflow``/``ctx.start_workflow``)."""
+
+    command_id: int
+    child_id: str
+    workflow: str
+    wait: bool
+
+
+class ChildFinished(_Event, tag="child_finished", frozen=True):
+    """A child run the workflow started finished with ``status`` (and its result or error)."""
+
+    command_id: int
+    child_id: str
+    status: str
+    result: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+
+
+class CancelRequested(_Event, tag="cancel_requested", frozen=True):
+    """Cancellation reached the run: ``durable.Cancelled`` is raised at the workflow's current await.
+    ``timeout`` marks a run that outlived its ``@durable.workflow(timeout=...)``."""
+
+    reason: str
+    timeout: bool = False
+
+
+class StateUpdated(_Event, tag="state_updated", frozen=True):
+    """The workflow published ``value`` under ``key`` (``ctx.set_state``), shown by ``get_execution().state``."""
+
+    key: str
+    value: msgspec.Raw
+
+
+class RunContinued(_Event, tag="run_continued", frozen=True):
+    """The workflow called ``ctx.continue_as_new``: this run ends and ``new_run_id`` carries on with the input."""
+
+    new_run_id: str
+    input: msgspec.Raw
+
+
 class RunCompleted(_Event, tag="run_completed", frozen=True):
     """The workflow function returned ``result``."""
 
@@ -129,6 +201,14 @@ Event: TypeAlias = (
     | TimerFired
     | ValueRecorded
     | PatchMarked
+    | EventWaitStarted
+    | InputRequested
+    | MessageReceived
+    | ChildStarted
+    | ChildFinished
+    | CancelRequested
+    | StateUpdated
+    | RunContinued
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -145,6 +225,14 @@ EVENT_TYPES: dict[str, type[Any]] = {
         TimerFired,
         ValueRecorded,
         PatchMarked,
+        EventWaitStarted,
+        InputRequested,
+        MessageReceived,
+        ChildStarted,
+        ChildFinished,
+        CancelRequested,
+        StateUpdated,
+        RunContinued,
         RunCompleted,
         RunFailed,
         RunCancelled,
@@ -152,7 +240,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
 }
 """Every event class by its persisted tag."""
 
-TERMINAL_EVENTS = (RunCompleted, RunFailed, RunCancelled)
+TERMINAL_EVENTS = (RunCompleted, RunFailed, RunCancelled, RunContinued)
 
 
 class RecordedEvent(msgspec.Struct, frozen=True):

@@ -12,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from ._cursor import decode_cursor, encode_cursor
-from ._errors import HistoryConflict, LeaseLost, RunNotFound
+from ._errors import (
+    HistoryConflict,
+    InputAlreadyProvided,
+    InputNotPending,
+    LeaseLost,
+    RunAlreadyFinished,
+    RunNotFound,
+)
 from ._events import RecordedEvent, RunStarted
 from ._notify import Hub
 from ._records import (
@@ -22,9 +29,12 @@ from ._records import (
     Append,
     Claim,
     Heartbeat,
+    Message,
     NewRun,
+    PendingInput,
     RunPage,
     RunRecord,
+    child_outcome,
 )
 
 
@@ -42,6 +52,10 @@ class MemoryStore:
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[RecordedEvent]] = {}
         self._workflows: dict[str, set[str]] = {}
+        self._inbox: dict[int, Message] = {}  # unconsumed messages by id
+        self._inputs: dict[tuple[str, str], PendingInput] = {}  # open inputs by (run id, key)
+        self._provided: set[tuple[str, str]] = set()
+        self._next_message_id = 1
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -69,6 +83,7 @@ class MemoryStore:
                 priority=new.priority,
                 parent_id=new.parent_id,
                 wake_at=new.wake_at,
+                continued_from=new.continued_from,
             )
             started = RunStarted(
                 workflow=new.workflow,
@@ -76,6 +91,8 @@ class MemoryStore:
                 run_id=new.id,
                 random_seed=new.random_seed,
                 parent_id=new.parent_id,
+                deadline=new.deadline,
+                continued_from=new.continued_from,
             )
             self._runs[new.id] = run
             self._events[new.id] = [RecordedEvent(seq=1, at=now, event=started)]
@@ -155,6 +172,7 @@ class MemoryStore:
         """Apply each append if its writer holds the lease and starts at the next sequence number."""
         outcomes: list[Exception | None] = []
         finished: list[str] = []
+        messaged: list[str] = []
         wake = False
         async with self._lock:
             now = self.clock()
@@ -174,14 +192,19 @@ class MemoryStore:
                 events = self._events[item.run_id]
                 for offset, event in enumerate(item.events):
                     events.append(RecordedEvent(seq=item.first_seq + offset, at=item.at, event=event))
-                self._runs[item.run_id] = self._apply(run, item, now)
+                self._runs[item.run_id] = run = self._apply(run, item, now)
+                self._apply_side_tables(run, item, now)
                 outcomes.append(None)
                 if item.status in FINISHED_STATUSES:
                     finished.append(item.run_id)
+                    if run.parent_id is not None and self._child_message(run, now):
+                        messaged.append(run.parent_id)
                 elif item.release:
                     wake = True
         for run_id in finished:
             self.hub.notify_finished(run_id)
+        for run_id in messaged:
+            self.hub.notify_message(run_id)
         if wake:
             self.hub.notify_work()
         return outcomes
@@ -205,7 +228,38 @@ class MemoryStore:
             changes["wake_at"] = None
         if item.release or status in FINISHED_STATUSES:
             changes.update(lease_owner=None, lease_expires_at=None)
+        if item.state is not None:
+            changes["state"] = item.state
         return msgspec.structs.replace(run, **changes)
+
+    def _apply_side_tables(self, run: RunRecord, item: Append, now: datetime) -> None:
+        for message_id in item.consumed:
+            message = self._inbox.get(message_id)
+            if message is not None and message.run_id == run.id:
+                del self._inbox[message_id]
+        for pending in item.open_inputs:
+            self._inputs[(run.id, pending.key)] = pending
+        for key in item.close_inputs:
+            self._inputs.pop((run.id, key), None)
+        if run.finished:
+            for open_key in [k for k in self._inputs if k[0] == run.id]:
+                del self._inputs[open_key]
+
+    def _child_message(self, child: RunRecord, now: datetime) -> bool:
+        parent = self._runs.get(child.parent_id or "")
+        if parent is None or parent.finished:
+            return False
+        self._put_message(parent, "child", child.id, child_outcome(child), now)
+        return True
+
+    def _put_message(self, run: RunRecord, kind: str, name: str, payload: bytes, now: datetime) -> Message:
+        message = Message(id=self._next_message_id, run_id=run.id, kind=kind, name=name, payload=payload,
+                          sent_at=now)
+        self._next_message_id += 1
+        self._inbox[message.id] = message
+        if run.lease_owner is None:
+            self._runs[run.id] = msgspec.structs.replace(run, wake_at=None, updated_at=now)
+        return message
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend held leases; report lost ones and requested cancellations."""
@@ -223,7 +277,8 @@ class MemoryStore:
                 )
                 if run.cancel_reason is not None:
                     cancels[run_id] = run.cancel_reason
-        return Heartbeat(lost=frozenset(lost), cancels=cancels)
+            with_messages = {m.run_id for m in self._inbox.values() if m.run_id in leases and m.run_id not in lost}
+        return Heartbeat(lost=frozenset(lost), cancels=cancels, messages=frozenset(with_messages))
 
     async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
         """Record a cancellation request; a sleeping run becomes ready now."""
@@ -268,3 +323,54 @@ class MemoryStore:
     async def known_workflows(self) -> set[str]:
         """Every name any worker registered."""
         return set().union(*self._workflows.values()) if self._workflows else set()
+
+    # -- waiting on the world -----------------------------------------------------------------------------------
+
+    def _open_run(self, run_id: str) -> RunRecord:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        if run.finished:
+            raise RunAlreadyFinished(f"run {run_id!r} has {run.status}; it takes no more events or input")
+        return run
+
+    async def send_message(self, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+        """Queue a message for the run and wake it."""
+        async with self._lock:
+            message = self._put_message(self._open_run(run_id), kind, name, payload, self.clock())
+        self.hub.notify_message(run_id)
+        return message
+
+    async def read_inbox(self, run_id: str) -> list[Message]:
+        """Unconsumed messages of the run, oldest first."""
+        return sorted((m for m in self._inbox.values() if m.run_id == run_id), key=lambda m: m.id)
+
+    async def list_pending_inputs(
+        self, *, run_id: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[PendingInput]:
+        """Open inputs, oldest first."""
+        found = [
+            p
+            for (rid, key), p in self._inputs.items()
+            if (run_id is None or rid == run_id)
+            and (workflow is None or p.workflow == workflow)
+            and (rid, key) not in self._provided
+        ]
+        return sorted(found, key=lambda p: (p.created_at, p.run_id, p.key))[: max(limit, 0)]
+
+    async def provide_input(self, run_id: str, key: str, payload: bytes) -> Message:
+        """Answer an open input once."""
+        async with self._lock:
+            run = self._open_run(run_id)
+            if (run_id, key) in self._provided:
+                raise InputAlreadyProvided(f"input {key!r} of run {run_id!r} was provided already")
+            if (run_id, key) not in self._inputs:
+                raise InputNotPending(f"run {run_id!r} does not wait for an input named {key!r}")
+            self._provided.add((run_id, key))
+            message = self._put_message(run, "input", key, payload, self.clock())
+        self.hub.notify_message(run_id)
+        return message
+
+    async def list_children(self, parent_id: str) -> list[RunRecord]:
+        """Child runs, oldest first."""
+        return sorted((r for r in self._runs.values() if r.parent_id == parent_id), key=lambda r: (r.created_at, r.id))

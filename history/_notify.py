@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 
 class WorkSignal:
@@ -43,6 +44,7 @@ class Hub:
     def __init__(self) -> None:
         self._work: set[WorkSignal] = set()
         self._finished: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._message_listeners: list[Callable[[str], None]] = []
 
     def subscribe_work(self) -> WorkSignal:
         """A new subscription to work notifications."""
@@ -54,6 +56,17 @@ class Hub:
         """Tell every subscribed worker that runs may be ready."""
         for signal in self._work:
             signal.set()
+
+    def on_message(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(run_id)`` whenever a run gets an inbox message; returns a function that unsubscribes."""
+        self._message_listeners.append(listener)
+        return lambda: self._message_listeners.remove(listener)
+
+    def notify_message(self, run_id: str) -> None:
+        """Tell listeners (the worker driving ``run_id``) that the run has a new inbox message."""
+        for listener in list(self._message_listeners):
+            listener(run_id)
+        self.notify_work()
 
     def notify_finished(self, run_id: str) -> None:
         """Wake whoever waits for ``run_id`` to finish."""

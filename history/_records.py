@@ -15,9 +15,11 @@ WAITING = "waiting"
 COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
+CONTINUED = "continued"
+"""The run called ``ctx.continue_as_new``: its ``result`` names the run that carries on."""
 
-STATUSES = (PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED)
-FINISHED_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
+STATUSES = (PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED, CONTINUED)
+FINISHED_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, CONTINUED})
 """A run in one of these has a terminal event; it is never claimed again."""
 
 
@@ -48,6 +50,10 @@ class RunRecord(msgspec.Struct, frozen=True):
     cancel_reason: str | None = None
     blocked: str | None = None
     parent_id: str | None = None
+    state: bytes | None = None
+    """JSON object the workflow published with ``ctx.set_state`` (the latest value of every key)."""
+    continued_from: str | None = None
+    """The run this one continues (``ctx.continue_as_new``)."""
 
     @property
     def finished(self) -> bool:
@@ -66,6 +72,36 @@ class NewRun(msgspec.Struct, frozen=True):
     priority: int = 0
     parent_id: str | None = None
     wake_at: datetime | None = None
+    deadline: datetime | None = None
+    continued_from: str | None = None
+
+
+class Message(msgspec.Struct, frozen=True):
+    """A message in a run's inbox, waiting for the run's worker to record it in the history.
+
+    ``kind`` is ``"event"`` (``engine.send_event``: ``name`` is the event name), ``"input"``
+    (``engine.provide_input``: ``name`` is the input key) or ``"child"`` (a child run finished: ``name`` is the
+    child's id, ``payload`` the JSON ``{"status", "result", "error"}``). ``payload`` is JSON.
+    """
+
+    id: int
+    run_id: str
+    kind: str
+    name: str
+    payload: bytes
+    sent_at: datetime
+
+
+class PendingInput(msgspec.Struct, frozen=True):
+    """A question a waiting run asks a person (``ctx.wait_for_input``): its key, prompt and schema (JSON)."""
+
+    run_id: str
+    key: str
+    prompt: str
+    spec: bytes
+    created_at: datetime
+    workflow: str = ""
+    timeout_at: datetime | None = None
 
 
 class Append(msgspec.Struct, frozen=True):
@@ -88,6 +124,14 @@ class Append(msgspec.Struct, frozen=True):
     error: ErrorInfo | None = None
     wake_at: datetime | None = None
     release: bool = False
+    consumed: Sequence[int] = ()
+    """Inbox message ids this append records (they are marked consumed in the same commit)."""
+    state: bytes | None = None
+    """The run's published state (a JSON object) replacing the previous one; ``None`` leaves it."""
+    open_inputs: Sequence[PendingInput] = ()
+    """Inputs the run starts waiting for (listed by ``list_pending_inputs`` until closed or provided)."""
+    close_inputs: Sequence[str] = ()
+    """Keys of inputs the run no longer waits for (answered or timed out). A finished run closes all."""
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -102,6 +146,8 @@ class Heartbeat(msgspec.Struct, frozen=True):
 
     lost: frozenset[str]
     cancels: dict[str, str]
+    messages: frozenset[str] = frozenset()
+    """Held runs with unconsumed inbox messages (a worker driving them in memory must read their inbox)."""
 
 
 class RunPage(msgspec.Struct, frozen=True):
@@ -109,3 +155,20 @@ class RunPage(msgspec.Struct, frozen=True):
 
     runs: list[RunRecord]
     next_cursor: str | None
+
+
+class ChildOutcome(msgspec.Struct, frozen=True):
+    """The payload of a ``"child"`` inbox message: how a child run ended."""
+
+    status: str
+    result: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+
+
+_child_encoder = msgspec.json.Encoder()
+
+
+def child_outcome(child: RunRecord) -> bytes:
+    """The JSON a store puts in the parent's inbox when ``child`` finishes (a ``ChildOutcome``)."""
+    result = msgspec.Raw(child.result) if child.result is not None else None
+    return _child_encoder.encode(ChildOutcome(status=child.status, result=result, error=child.error))

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from ._events import RecordedEvent
 from ._notify import Hub
-from ._records import Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
+from ._records import Append, Claim, Heartbeat, Message, NewRun, PendingInput, RunPage, RunRecord
 
 
 @runtime_checkable
@@ -67,7 +67,11 @@ class Store(Protocol):
     async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
         """Apply each append atomically (events and row update in one commit; a backend may share one commit
         between the items). Returns, per item, ``None`` or the ``LeaseLost``/``HistoryConflict`` that refused it.
-        Notifies waiters of ``run finished`` and of newly ready work."""
+        Notifies waiters of ``run finished`` and of newly ready work.
+
+        In the same commit: marks ``consumed`` inbox messages consumed, replaces ``state``, opens and closes
+        pending inputs (a finishing run closes all of its own), and when the run finishes and has a parent,
+        puts a ``"child"`` message (``{"status", "result", "error"}``) in the parent's inbox and wakes it."""
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend the leases held (run id -> epoch); report lost ones and pending cancellations."""
@@ -88,3 +92,25 @@ class Store(Protocol):
 
     async def known_workflows(self) -> set[str]:
         """Every workflow name any worker has registered."""
+
+    # -- waiting on the world (inbox, inputs, children) ---------------------------------------------------------
+
+    async def send_message(self, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+        """Put a message in a run's inbox and wake the run (an unleased run becomes ready at once; the worker
+        holding it is notified). Raises ``RunNotFound``, or ``RunAlreadyFinished`` for a finished run."""
+
+    async def read_inbox(self, run_id: str) -> list[Message]:
+        """The run's unconsumed messages, oldest first."""
+
+    async def list_pending_inputs(
+        self, *, run_id: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[PendingInput]:
+        """Open inputs (asked, not yet provided, not closed) of unfinished runs, oldest first."""
+
+    async def provide_input(self, run_id: str, key: str, payload: bytes) -> Message:
+        """Answer an open input: atomically mark it provided and put the answer in the run's inbox. Raises
+        ``RunNotFound``, ``RunAlreadyFinished``, ``InputAlreadyProvided`` (a second answer) or
+        ``InputNotPending`` (no open input with that key)."""
+
+    async def list_children(self, parent_id: str) -> list[RunRecord]:
+        """Runs whose ``parent_id`` is ``parent_id``, oldest first."""

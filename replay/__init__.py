@@ -6,6 +6,7 @@ Runs with a history and the user's code alone: no store, no worker, no network. 
 from ._commands import StepDefinition, StepRequest, TimerRequest
 from ._context import WorkflowContext
 from ._errors import NonDeterminismError, WorkflowCodeError
+from ._guards import unsafe_nondeterminism
 from ._instance import Outcome, WorkflowCallable, WorkflowInstance, current_instance, error_info
 from ._loop import DeterministicLoop
 
@@ -22,4 +23,5 @@ __all__ = [
     "WorkflowInstance",
     "current_instance",
     "error_info",
+    "unsafe_nondeterminism",
 ]

@@ -236,6 +236,12 @@ class WorkflowInstance:
         return self._steps
 
     @property
+    def main_task(self) -> asyncio.Task[Any]:
+        """The task running the workflow function (read-only): its suspended coroutine chain is what a replay
+        tool inspects for the workflow's local variables."""
+        return self._task
+
+    @property
     def pending_timers(self) -> dict[int, datetime]:
         """Armed timers not yet fired, by command id, with their fire times."""
         return {cid: fire_at for cid, (_, fire_at) in self._timers.items()}

@@ -18,6 +18,9 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from . import _guards
+from ._errors import WorkflowCodeError
+
 _T = TypeVar("_T")
 
 
@@ -37,6 +40,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         self._running = False
         self._closed = False
         self.unhandled: list[dict[str, Any]] = []
+        self.guard_violation: WorkflowCodeError | None = None  # set by the determinism guards (replay/_guards.py)
 
     # -- driving ----------------------------------------------------------------------------------------------
 
@@ -51,6 +55,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         # as the running one, then the real loop is put back. Temporal's Python SDK does the same swap.
         asyncio.events._set_running_loop(self)
         self._running = True
+        armed = _guards.arm(self)  # this thread now runs workflow code: non-deterministic calls raise
         try:
             ready = self._ready
             while ready:
@@ -58,6 +63,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
                 if not handle._cancelled:
                     handle._run()
         finally:
+            _guards.disarm(armed)
             self._running = False
             asyncio.events._set_running_loop(previous)
 

@@ -49,11 +49,11 @@ def test_public_names_are_pinned() -> None:
     assert durable.__all__ == sorted(durable.__all__)
     assert set(durable.__all__) == {
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
-        "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError", "PayloadTooLarge",
-        "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step", "StepFailed", "StepInfo",
-        "StepView", "StoreError", "UnknownWorkflowError", "Worker", "Workflow", "WorkflowCancelled",
-        "WorkflowCodeError", "WorkflowContext", "WorkflowFailed", "__version__", "current_step",
-        "registered_workflows", "step", "workflow",
+        "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",
+        "PayloadTooLarge", "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step",
+        "StepFailed", "StepInfo", "StepView", "StoreError", "UnknownWorkflowError", "Worker", "Workflow",
+        "WorkflowCancelled", "WorkflowCodeError", "WorkflowContext", "WorkflowFailed", "__version__",
+        "current_step", "registered_workflows", "step", "workflow",
     }  # fmt: skip
     assert replay.__all__ == sorted(replay.__all__)
     assert history.__all__ == sorted(history.__all__)
