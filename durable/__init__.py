@@ -3,7 +3,7 @@
 Everything a user needs is importable from here.
 """
 
-from replay import WorkflowContext
+from replay import WorkflowContext, unsafe_nondeterminism
 
 from . import replay as replay  # the replay tool: durable.replay.replay(workflow, "run.json")
 from ._definitions import Step, Workflow, registered_workflows, step, workflow
@@ -69,5 +69,6 @@ __all__ = [
     "current_step",
     "registered_workflows",
     "step",
+    "unsafe_nondeterminism",
     "workflow",
 ]

@@ -53,6 +53,7 @@ from history import (
 from ._commands import StepRequest, TimerRequest
 from ._context import WorkflowContext
 from ._errors import NonDeterminismError
+from ._guards import trusted
 from ._loop import DeterministicLoop
 from ._report import _OWN_PACKAGES, describe_issued, describe_recorded, divergence_hint, user_code_location
 
@@ -141,7 +142,7 @@ class WorkflowInstance:
         self.replaying = False
         self.outcome: Outcome | None = None
         self.divergence: NonDeterminismError | None = None
-        self._clock = clock
+        self._clock = trusted(clock)  # the clock may be the user's (a test's): it runs with the guards off
         self._step_failed = step_failed or _default_step_failed
         self._next_cid = 1
         self._recorded: dict[int, RecordedEvent] = {}
@@ -265,6 +266,9 @@ class WorkflowInstance:
             pass
         if self.divergence is not None:
             raise self.divergence
+        if self._loop.guard_violation is not None:
+            # Fail the run with it even if the workflow code caught it (see replay/_guards.py).
+            self.outcome = Outcome(error=error_info(self._loop.guard_violation))
 
     def _deliver(self, rec: RecordedEvent) -> None:
         event = rec.event

@@ -53,7 +53,7 @@ def test_public_names_are_pinned() -> None:
         "PayloadTooLarge", "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step",
         "StepFailed", "StepInfo", "StepView", "StoreError", "UnknownWorkflowError", "Worker", "Workflow",
         "WorkflowCancelled", "WorkflowCodeError", "WorkflowContext", "WorkflowFailed", "__version__",
-        "current_step", "registered_workflows", "step", "workflow",
+        "current_step", "registered_workflows", "step", "unsafe_nondeterminism", "workflow",
     }  # fmt: skip
     assert replay.__all__ == sorted(replay.__all__)
     assert history.__all__ == sorted(history.__all__)
