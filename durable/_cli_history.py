@@ -20,13 +20,21 @@ import msgspec
 
 from history import (
     STATUSES,
+    CancelRequested,
+    ChildFinished,
+    ChildStarted,
     DurableError,
+    EventWaitStarted,
+    InputRequested,
+    MessageReceived,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     RunRecord,
     RunStarted,
+    StateUpdated,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -243,7 +251,7 @@ class _EventPrinter:
             return _format.millis(event.seconds * 1000) if event.seconds is not None else ""
         if isinstance(event, TimerFired) and event.command_id in self.timer_started:
             return _format.millis((rec.at - self.timer_started[event.command_id]).total_seconds() * 1000)
-        if isinstance(event, (RunCompleted, RunFailed, RunCancelled)) and self.start is not None:
+        if isinstance(event, (RunCompleted, RunFailed, RunCancelled, RunContinued)) and self.start is not None:
             return _format.millis((rec.at - self.start).total_seconds() * 1000)
         return ""
 
@@ -269,6 +277,30 @@ def _details(event: Any) -> str:  # one branch per event kind
         return f"{event.error.type}: {' '.join(event.error.message.split())[:100]}"
     if isinstance(event, RunCancelled):
         return f"reason: {event.reason}"
+    return _details_of_waits(event)
+
+
+def _details_of_waits(event: Any) -> str:  # one branch per event kind
+    """The summary of the events of waiting on the world (messages, inputs, children, state, continuation)."""
+    if isinstance(event, EventWaitStarted):
+        return f"event {event.name!r}" + (f", until {_format.when(event.timeout_at)}" if event.timeout_at else "")
+    if isinstance(event, InputRequested):
+        return f"input {event.key!r}: {_format.short(event.prompt, 60)[1:-1]}"
+    if isinstance(event, MessageReceived):
+        return f"{event.kind} {event.name!r} = {_format.short(event.payload, 70)}"
+    if isinstance(event, ChildStarted):
+        return f"run {event.child_id} of {event.workflow}" + (", awaited" if event.wait else "")
+    if isinstance(event, ChildFinished):
+        if event.error is not None:
+            return f"run {event.child_id} {event.status}: {event.error.type}: {event.error.message[:80]}"
+        outcome = f" -> {_format.short(event.result, 70)}" if event.result is not None else ""
+        return f"run {event.child_id} {event.status}{outcome}"
+    if isinstance(event, CancelRequested):
+        return f"reason: {event.reason}" + (" (the run's timeout)" if event.timeout else "")
+    if isinstance(event, StateUpdated):
+        return f"{event.key} = {_format.short(event.value, 80)}"
+    if isinstance(event, RunContinued):
+        return f"continued as run {event.new_run_id}, input {_format.short(event.input, 70)}"
     patch = getattr(event, "patch_id", None)
     return f"patch {patch!r}" if patch is not None else ""
 

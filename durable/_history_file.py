@@ -32,10 +32,13 @@ from history import (
     EVENT_TYPES,
     FORMAT_VERSION,
     TERMINAL_EVENTS,
+    ChildFinished,
+    ChildStarted,
     DurableError,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     RunRecord,
     RunStarted,
@@ -117,8 +120,16 @@ class _LooseDocument(msgspec.Struct, forbid_unknown_fields=False):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(HistoryDocument)
 _header_decoder = msgspec.json.Decoder(_Header)
-_STATUS_OF_END = {RunCompleted: "completed", RunFailed: "failed", RunCancelled: "cancelled"}
-_OUTCOME_OF = {StepCompleted: StepScheduled, StepFailed: StepScheduled, TimerFired: TimerStarted}
+_STATUS_OF_END = {RunCompleted: "completed", RunFailed: "failed", RunCancelled: "cancelled", RunContinued: "continued"}
+_OUTCOME_OF = {
+    StepCompleted: StepScheduled,
+    StepFailed: StepScheduled,
+    TimerFired: TimerStarted,
+    ChildFinished: ChildStarted,
+}
+"""Outcome events, and the event that introduces their command (the outcome always follows it)."""
+_INTRODUCING = tuple(set(_OUTCOME_OF.values()))
+_OUTCOMES = tuple(_OUTCOME_OF)
 _PATH_IN_EVENTS = re.compile(r"`\$\.events\[(\d+)\](.*)`")
 
 
@@ -361,8 +372,8 @@ def _invalid(data: bytes, message: str, where: str) -> HistoryFileError:
     if inner == ".event.type" and isinstance(kind, str) and kind not in EVENT_TYPES:
         return HistoryFileError(
             f"{where}: {seq} has type {kind!r}, which this Durable ({_version()}) does not know (it knows "
-            f"{', '.join(sorted(EVENT_TYPES))}). The file says it is format {HISTORY_FILE_VERSION}: it was "
-            f"edited by hand or made by a development build; correct the event's type or export the run again"
+            f"{', '.join(sorted(EVENT_TYPES))}). The file was made by a newer Durable (upgrade this one: "
+            f"`pip install -U durable-engine`), or edited by hand (correct the event's type, or export it again)"
         )
     what = f" ({kind})" if isinstance(kind, str) else ""
     detail = message.split(" - at ")[0]
@@ -410,9 +421,9 @@ def check_events(document: HistoryDocument, where: str) -> None:  # one check pe
                 f"{where}: event {rec.seq} ({_tag(rec)}) ends the run, yet {len(events) - position} event(s) "
                 f"follow it: the file was edited or two histories were joined"
             )
-        if isinstance(event, (StepScheduled, TimerStarted)):
+        if isinstance(event, _INTRODUCING):
             issued.add(event.command_id)
-        elif isinstance(event, (StepCompleted, StepFailed, TimerFired)) and event.command_id not in issued:
+        elif isinstance(event, _OUTCOMES) and event.command_id not in issued:
             before = _OUTCOME_OF[type(event)].__struct_config__.tag
             raise HistoryFileError(
                 f"{where}: event {rec.seq} ({_tag(rec)} of command #{event.command_id}) has no {before} of "

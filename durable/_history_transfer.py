@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from history import (
+    CONTINUED,
     FINISHED_STATUSES,
     PENDING,
     WAITING,
@@ -24,9 +27,11 @@ from history import (
     RecordedEvent,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     RunNotFound,
     RunRecord,
+    StateUpdated,
     Store,
 )
 
@@ -119,6 +124,8 @@ async def import_document(store: Store, document: HistoryDocument, where: str) -
         priority=run_info.priority,
         parent_id=started.parent_id,
         wake_at=_EPOCH,
+        deadline=started.deadline,
+        continued_from=started.continued_from,
     )
     _, created = await store.create_run(new)
     if not created:  # pragma: no cover - created by someone else between the two calls
@@ -201,14 +208,21 @@ def _groups(events: Sequence[RecordedEvent]) -> list[tuple[datetime, list[Event]
 
 
 def _final_update(document: HistoryDocument) -> dict[str, Any]:
-    """The row update of the last append: the run's end, or (unfinished) its status and wake-up time."""
+    """The row update of the last append: the run's end, or (unfinished) its status and wake-up time; and the
+    state the workflow published (``ctx.set_state``), rebuilt from its ``state_updated`` events."""
+    update: dict[str, Any] = {"release": True}
+    state = {r.event.key: r.event.value for r in document.events if isinstance(r.event, StateUpdated)}
+    if state:
+        update["state"] = msgspec.json.encode(state)  # values are raw JSON: written as recorded
     end = document.events[-1].event
     if isinstance(end, RunCompleted):
-        return {"status": "completed", "result": bytes(end.result), "release": True}
+        return {**update, "status": "completed", "result": bytes(end.result)}
     if isinstance(end, RunFailed):
-        return {"status": "failed", "error": end.error, "release": True}
+        return {**update, "status": "failed", "error": end.error}
     if isinstance(end, RunCancelled):
-        return {"status": "cancelled", "release": True}
+        return {**update, "status": "cancelled"}
+    if isinstance(end, RunContinued):  # the row's result names the run that carries on
+        return {**update, "status": CONTINUED, "result": msgspec.json.encode(end.new_run_id)}
     status = document.run.status if document.run.status in (PENDING, WAITING) else PENDING
     assert status not in FINISHED_STATUSES
-    return {"status": status, "wake_at": document.run.wake_at, "release": True}
+    return {**update, "status": status, "wake_at": document.run.wake_at}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import linecache
 from typing import TYPE_CHECKING, Any
 
-from history import RunCancelled, RunFailed
+from history import RunCancelled, RunContinued, RunFailed
 from replay import WorkflowContext
 
 from ._format import Style
@@ -40,6 +40,8 @@ def _ok(result: ReplayResult, style: Style, title: str, max_commands: int) -> li
     end = result.recorded_end
     if end is not None and isinstance(end.event, RunCancelled):
         lines.append(f"  the run was cancelled at event {end.seq} ({end.event.reason})")
+    elif end is not None and isinstance(end.event, RunContinued):
+        lines.append(f"  the run continued as run {end.event.new_run_id} at event {end.seq}")
     elif end is not None:
         lines.append(f"  {_outcome(result)}: the same as recorded (event {end.seq})")
     elif result.outcome is not None:

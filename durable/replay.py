@@ -38,11 +38,15 @@ from typing import Any
 import msgspec
 
 from history import (
+    ChildStarted,
     ErrorInfo,
+    EventWaitStarted,
+    InputRequested,
     PatchMarked,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     StepScheduled,
     TimerStarted,
@@ -94,7 +98,9 @@ WorkflowRef = Workflow | Callable[..., Coroutine[Any, Any, Any]] | Mapping[str, 
 """The code to replay: a ``@durable.workflow``, a plain ``async def`` (named after the history's workflow),
 several workflows (picked by the history's workflow name), or ``None`` for every registered workflow."""
 
-_COMMAND_EVENTS = (StepScheduled, TimerStarted, ValueRecorded, PatchMarked)
+_COMMAND_EVENTS = (StepScheduled, TimerStarted, ValueRecorded, PatchMarked, EventWaitStarted, InputRequested,
+                   ChildStarted)
+_END_EVENTS = (RunCompleted, RunFailed, RunCancelled, RunContinued)
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
     for name in ("durable", "replay", "history")
@@ -376,7 +382,7 @@ def _result(
     break_at: str | None,
 ) -> ReplayResult:
     last = cut[-1]
-    recorded_end = last if isinstance(last.event, (RunCompleted, RunFailed, RunCancelled)) else None
+    recorded_end = last if isinstance(last.event, _END_EVENTS) else None
     outcome = instance.outcome if divergence is None else None
     matches, mismatch = (None, None)
     if divergence is None and recorded_end is not None:
@@ -408,8 +414,8 @@ def _result(
 
 def _compare(outcome: Outcome | None, end: RecordedEvent) -> tuple[bool | None, str | None]:
     event = end.event
-    if isinstance(event, RunCancelled):
-        return None, None  # cancelled from outside: nothing the code decides
+    if isinstance(event, (RunCancelled, RunContinued)):
+        return None, None  # cancelled from outside, or continued as a new run: no outcome to compare
     if outcome is None:  # pragma: no cover - the instance reports this case as a divergence
         return False, "the workflow is still waiting where the run ended"
     if isinstance(event, RunCompleted):
@@ -469,6 +475,12 @@ def describe_command(event: Any) -> str:
         return f"#{event.command_id} ctx.{event.kind}() = {_short(event.value)}"
     if isinstance(event, PatchMarked):
         return f"patch {event.patch_id!r} taken"
+    if isinstance(event, EventWaitStarted):
+        return f"#{event.command_id} wait for event {event.name!r}"
+    if isinstance(event, InputRequested):
+        return f"#{event.command_id} wait for input {event.key!r}"
+    if isinstance(event, ChildStarted):
+        return f"#{event.command_id} child run {event.child_id} of {event.workflow}"
     return str(event.__struct_config__.tag)
 
 

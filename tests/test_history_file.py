@@ -24,7 +24,22 @@ from durable._history_file import (
     make_document,
     write_history,
 )
-from history import EVENT_TYPES, FORMAT_VERSION, MemoryStore, RecordedEvent
+from history import (
+    EVENT_TYPES,
+    FORMAT_VERSION,
+    CancelRequested,
+    ChildFinished,
+    ChildStarted,
+    ErrorInfo,
+    EventWaitStarted,
+    InputRequested,
+    MemoryStore,
+    MessageReceived,
+    RecordedEvent,
+    RunContinued,
+    RunStarted,
+    StateUpdated,
+)
 
 from . import wf_samples as wf
 
@@ -70,12 +85,35 @@ async def sleeps_long(ctx: durable.WorkflowContext) -> None:
     await ctx.sleep(3600)
 
 
+def waiting_on_the_world() -> list[RecordedEvent]:
+    """A history with the events of waiting on the world (external events, inputs, children, state, cancel
+    requests, continue-as-new), built from the event classes: what the engine will write for them."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    raw = msgspec.Raw
+    events = [
+        RunStarted(workflow="w", input=raw(b"[1]"), run_id="r", random_seed=1, deadline=at + timedelta(days=1),
+                   continued_from="r0"),
+        EventWaitStarted(command_id=1, name="approved", timeout_at=at + timedelta(hours=1)),
+        MessageReceived(message_id=7, kind="event", name="approved", payload=raw(b'{"by":"ann"}')),
+        InputRequested(command_id=2, key="amount", prompt="How much?", spec=raw(b'{"type":"number"}')),
+        MessageReceived(message_id=8, kind="input", name="amount", payload=raw(b"12.5")),
+        ChildStarted(command_id=3, child_id="r-child", workflow="w2", wait=True),
+        ChildFinished(command_id=3, child_id="r-child", status="failed",
+                      error=ErrorInfo(type="ValueError", message="no")),
+        StateUpdated(key="progress", value=raw(b"0.5")),
+        CancelRequested(reason="too slow", timeout=True),
+        RunContinued(new_run_id="r2", input=raw(b"[2]")),
+    ]
+    return [RecordedEvent(seq=n, at=at, event=e) for n, e in enumerate(events, start=1)]
+
+
 @pytest.fixture(scope="module")
 def histories() -> dict[str, list[RecordedEvent]]:
     return {
         "everything": record(durable.Workflow(everything, name="everything"), "a"),
         "failed": record(wf.boom),
         "cancelled": record(durable.Workflow(sleeps_long, name="sleeps_long"), cancel=True),
+        "waiting_on_the_world": waiting_on_the_world(),
     }
 
 
@@ -106,15 +144,15 @@ def test_documents_round_trip_with_payloads_byte_for_byte(histories: dict[str, l
 def test_json_lines_and_directories_hold_many_runs(tmp_path: Path, histories: dict[str, list[RecordedEvent]]) -> None:
     documents = [make_document(events) for events in histories.values()]
     write_history(tmp_path / "runs.jsonl", documents)
-    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
     loaded = list(iter_histories(tmp_path / "runs.jsonl"))
-    assert [where for where, _ in loaded] == [f"{tmp_path / 'runs.jsonl'} line {n}" for n in (1, 2, 3)]
+    assert [where for where, _ in loaded] == [f"{tmp_path / 'runs.jsonl'} line {n}" for n in (1, 2, 3, 4)]
     assert [d.events for _, d in loaded] == list(histories.values())
     write_history(tmp_path / "one.json", documents[:1])
     assert [d.run.id for d in load_histories(tmp_path)] == [d.run.id for d in [documents[0], *documents]]
-    with pytest.raises(durable.HistoryFileError, match=r"holds 3 runs where one was expected"):
+    with pytest.raises(durable.HistoryFileError, match=r"holds 4 runs where one was expected"):
         load_history(tmp_path / "runs.jsonl")
-    with pytest.raises(durable.HistoryFileError, match=r"would hold 3 runs.*\.jsonl"):
+    with pytest.raises(durable.HistoryFileError, match=r"would hold 4 runs.*\.jsonl"):
         write_history(tmp_path / "many.json", documents)
     assert not (tmp_path / "many.json").exists()
 
@@ -263,7 +301,44 @@ def test_exported_documents_describe_the_run(histories: dict[str, list[RecordedE
     assert failed.run.status == "failed" and failed.run.finished_at == histories["failed"][-1].at
     cancelled = make_document(histories["cancelled"])
     assert cancelled.run.status == "cancelled"
+    assert make_document(histories["waiting_on_the_world"]).run.status == "continued"
     in_flight = make_document(histories["everything"][:4])
     assert (in_flight.run.status, in_flight.run.finished_at) == ("running", None)
     assert in_flight.exported_by == f"durable {durable.__version__}"
     assert abs(in_flight.exported_at - datetime.now(UTC)) < timedelta(minutes=1)  # type: ignore[operator]
+
+
+# -- the events of waiting on the world: imported and shown ---------------------------------------------------------
+
+
+async def test_import_restores_status_result_and_published_state() -> None:
+    from durable._history_transfer import import_document
+
+    events = waiting_on_the_world()
+    store = MemoryStore()
+    assert await import_document(store, make_document(events), "w.json") is True
+    run = await store.get_run("r")
+    assert run is not None and (run.status, run.continued_from) == ("continued", "r0")
+    assert msgspec.json.decode(run.result) == "r2"  # the run that carries on
+    assert run.state is not None and msgspec.json.decode(run.state) == {"progress": 0.5}
+    stored = await store.read_history("r")
+    assert [r.event for r in stored] == [r.event for r in events]
+    assert [r.at for r in stored[1:]] == [r.at for r in events[1:]]
+    assert await import_document(store, make_document(events), "w.json") is False  # the same again: a no-op
+
+
+def test_the_history_table_summarises_every_event_kind() -> None:
+    from durable._cli_history import _details
+
+    lines = [_details(r.event) for r in waiting_on_the_world()]
+    assert lines[1:] == [
+        "event 'approved', until " + lines[1].split("until ")[1],
+        "event 'approved' = {\"by\":\"ann\"}",
+        "input 'amount': How much?",
+        "input 'amount' = 12.5",
+        "run r-child of w2, awaited",
+        "run r-child failed: ValueError: no",
+        "progress = 0.5",
+        "reason: too slow (the run's timeout)",
+        "continued as run r2, input [2]",
+    ]
