@@ -3,7 +3,8 @@
 Everything a user needs is importable from here.
 """
 
-from replay import WorkflowContext, unsafe_nondeterminism
+from history import PendingInput
+from replay import ChildHandle, WorkflowContext, unsafe_nondeterminism
 
 from . import replay as replay  # the replay tool: durable.replay.replay(workflow, "run.json")
 from ._definitions import Step, Workflow, registered_workflows, step, workflow
@@ -13,29 +14,40 @@ from ._retry import Retry
 from ._step_context import StepInfo, current_step
 from ._worker import Worker
 from .errors import (
+    Cancelled,
+    ChildWorkflowFailed,
     DatabaseUnavailable,
     DurableError,
     HistoryConflict,
     HistoryFileError,
+    InputAlreadyProvided,
+    InputNotPending,
+    InputValidationError,
     LeaseLost,
     NonDeterminismError,
     NonRetryableError,
     PayloadError,
     PayloadTooLarge,
     ResultTimeout,
+    RunAlreadyFinished,
     RunNotFound,
     SchemaError,
     StepFailed,
     StoreError,
     UnknownWorkflowError,
+    WaitTimeout,
     WorkflowCancelled,
     WorkflowCodeError,
     WorkflowFailed,
+    WorkflowTimeout,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
+    "ChildHandle",
+    "ChildWorkflowFailed",
     "DatabaseUnavailable",
     "DurableError",
     "Engine",
@@ -43,13 +55,18 @@ __all__ = [
     "ExecutionPage",
     "HistoryConflict",
     "HistoryFileError",
+    "InputAlreadyProvided",
+    "InputNotPending",
+    "InputValidationError",
     "LeaseLost",
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadError",
     "PayloadTooLarge",
+    "PendingInput",
     "ResultTimeout",
     "Retry",
+    "RunAlreadyFinished",
     "RunHandle",
     "RunNotFound",
     "SchemaError",
@@ -59,12 +76,14 @@ __all__ = [
     "StepView",
     "StoreError",
     "UnknownWorkflowError",
+    "WaitTimeout",
     "Worker",
     "Workflow",
     "WorkflowCancelled",
     "WorkflowCodeError",
     "WorkflowContext",
     "WorkflowFailed",
+    "WorkflowTimeout",
     "__version__",
     "current_step",
     "registered_workflows",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,7 @@ class Step:
         name: str | None,
         retry: Retry | None,
         timeout: timedelta | float | None,
+        compensate: Callable[..., Any] | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@durable.step decorates a function, got {fn!r}")
@@ -48,6 +50,12 @@ class Step:
         if seconds is not None and seconds <= 0:
             raise ValueError(f"step {self.name!r}: timeout must be positive, got {timeout!r}")
         self.timeout = seconds
+        self.compensate: Step | None = None
+        if compensate is not None:
+            # A plain function becomes a step of its own, so that its run is recorded and retried too.
+            self.compensate = compensate if isinstance(compensate, Step) else Step(
+                compensate, name=f"{self.name}.compensate", retry=None, timeout=None
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         self.decode_result = ResultDecoder(fn)
         functools.update_wrapper(self, fn)
@@ -65,7 +73,9 @@ class Step:
 class Workflow:
     """A workflow definition: an ``async def`` taking a ``WorkflowContext`` and its input arguments."""
 
-    def __init__(self, fn: Callable[..., Coroutine[Any, Any, Any]], *, name: str | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], *, name: str | None, timeout: timedelta | float | None = None
+    ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(
                 f"@durable.workflow needs an `async def` function, got {getattr(fn, '__qualname__', fn)!r}"
@@ -78,6 +88,10 @@ class Workflow:
         self._signature = inspect.signature(fn).replace(parameters=params[1:])
         self._param_names = [p.name for p in params[1:]]
         self.decode_result = ResultDecoder(fn)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"workflow {self.name!r}: timeout must be positive, got {timeout!r}")
+        self.timeout = seconds
         functools.update_wrapper(self, fn)
 
     def check_arguments(self, args: tuple[Any, ...]) -> None:
@@ -94,7 +108,15 @@ class Workflow:
         """Call the function with ``ctx`` and the recorded input (a JSON list of positional arguments)."""
         if not isinstance(args, list):
             args = [args]
-        return self.fn(ctx, *convert_arguments(self.fn, self._param_names, args))
+        return self._run_with_compensation(ctx, convert_arguments(self.fn, self._param_names, args))
+
+    async def _run_with_compensation(self, ctx: WorkflowContext, args: list[Any]) -> Any:
+        try:
+            return await self.fn(ctx, *args)
+        except (Exception, asyncio.CancelledError):
+            # A failed or cancelled run undoes its completed steps (saga); the original error still ends it.
+            await ctx.compensate()
+            raise
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -109,7 +131,11 @@ class Workflow:
 def step(fn: Callable[..., Any], /) -> Step: ...
 @overload
 def step(
-    *, name: str | None = None, retry: Retry | None = None, timeout: timedelta | float | None = None
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: timedelta | float | None = None,
+    compensate: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Step]: ...
 
 
@@ -120,6 +146,7 @@ def step(
     name: str | None = None,
     retry: Retry | None = None,
     timeout: timedelta | float | None = None,
+    compensate: Callable[..., Any] | None = None,
 ) -> Step | Callable[[Callable[..., Any]], Step]:
     """Declare a step. ``async def`` steps run on the worker's loop; plain ``def`` steps in a worker thread.
 
@@ -128,25 +155,38 @@ def step(
             step, which in-flight runs would see as a different step: pin ``name=`` before renaming.
         retry: the retry policy (default ``Retry()``: 3 attempts, exponential backoff from 2 s).
         timeout: per-attempt time limit (timedelta or seconds); a timed-out attempt fails with TimeoutError.
+        compensate: the step (or function) that undoes this one, called with the same arguments when the
+            workflow later fails or is cancelled (saga): compensations run most recent first, each recorded and
+            retried. ``ctx.compensate()`` runs them explicitly.
     """
     if fn is not None:
-        return Step(fn, name=name, retry=retry, timeout=timeout)
-    return lambda f: Step(f, name=name, retry=retry, timeout=timeout)
+        return Step(fn, name=name, retry=retry, timeout=timeout, compensate=compensate)
+    return lambda f: Step(f, name=name, retry=retry, timeout=timeout, compensate=compensate)
 
 
 @overload
 def workflow(fn: Callable[..., Coroutine[Any, Any, Any]], /) -> Workflow: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Workflow]: ...
+def workflow(
+    *, name: str | None = None, timeout: timedelta | float | None = None
+) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], Workflow]: ...
 
 
 def workflow(
-    fn: Callable[..., Coroutine[Any, Any, Any]] | None = None, /, *, name: str | None = None
+    fn: Callable[..., Coroutine[Any, Any, Any]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: timedelta | float | None = None,
 ) -> Workflow | Callable[[Callable[..., Coroutine[Any, Any, Any]]], Workflow]:
-    """Declare a workflow and register it under ``name`` (default: the function's ``__name__``)."""
+    """Declare a workflow and register it under ``name`` (default: the function's ``__name__``).
+
+    ``timeout`` bounds the whole run, durably: when it is exceeded the workflow sees ``durable.Cancelled`` at its
+    current await (compensations run) and the run fails with ``durable.WorkflowTimeout``.
+    """
 
     def register(f: Callable[..., Coroutine[Any, Any, Any]]) -> Workflow:
-        definition = Workflow(f, name=name)
+        definition = Workflow(f, name=name, timeout=timeout)
         existing = _REGISTRY.get(definition.name)
         if existing is not None and _origin(existing.fn) != _origin(f):
             raise ValueError(

@@ -20,20 +20,25 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+import msgspec
 
 from history import (
     CANCELLED,
     COMPLETED,
+    CONTINUED,
     FAILED,
     PENDING,
     WAITING,
     Append,
+    CancelRequested,
     Claim,
+    ErrorInfo,
     Event,
     LeaseLost,
     PayloadError,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     StepCompleted,
     StepScheduled,
@@ -45,6 +50,7 @@ from history import (
 )
 from replay import NonDeterminismError, Outcome, StepRequest, WorkflowInstance, error_info
 
+from ._driver_world import Arrival, WorldDriver
 from ._step_context import _CURRENT_STEP, StepInfo
 from .errors import NonRetryableError, StepFailed
 
@@ -86,11 +92,14 @@ class RunDriver:
         self._cancel_reason = claim.run.cancel_reason
         self._lost = False
         self._signal = asyncio.Event()
-        self._ended: list[_Attempt | int] = []  # step attempts that ended, or command ids of timers that are due
+        # What happened since the last append: step attempts that ended, ids of timers that are due, arrivals.
+        self._ended: list[_Attempt | int | Arrival] = []
         self._running: dict[int, asyncio.Task[None]] = {}
         self._waiting: dict[int, StepRequest] = {}  # steps waiting for their retry time
         self._timers: dict[int, datetime] = {}
         self._pending_events: list[Event] = []
+        self._instance: WorkflowInstance | None = None
+        self._world = WorldDriver(self)
 
     # -- signals from the worker ------------------------------------------------------------------------------
 
@@ -103,6 +112,11 @@ class RunDriver:
     def lease_lost(self) -> None:
         """Another worker owns the run now: stop without writing anything."""
         self._lost = True
+        self._signal.set()
+
+    def messages_arrived(self) -> None:
+        """The run's inbox has new messages (an event, an input, a child's outcome)."""
+        self._world.inbox_due = True
         self._signal.set()
 
     def wake(self) -> None:
@@ -126,6 +140,7 @@ class RunDriver:
             except NonDeterminismError as exc:
                 await self._block(exc)
                 return
+            self._instance = instance
             self._absorb(instance)
             await self._loop(instance)
         except LeaseLost:
@@ -139,20 +154,19 @@ class RunDriver:
         while True:
             if self._lost:
                 return
-            if self._cancel_reason is not None:
-                await self._finish(RunCancelled(reason=self._cancel_reason), CANCELLED, None, None)
-                return
             if instance.outcome is not None:
                 await self._finish_outcome(instance.outcome)
                 return
             now = self.worker.clock()
+            self._world.queue_cancellation(instance, self._cancel_reason, now)
+            await self._world.before_wait(instance)
             if not self.worker.stopping:
                 self._start_due_steps(now)
             elif not self._running:
                 await self._release(wake_at=None, status=PENDING)  # handed back: ready for any worker
                 return
-            next_due = self._next_due()
-            if not self._running and not self.worker.stopping and (
+            next_due = self._world.earliest(self._next_due(), instance)
+            if not self._running and not self._ended and not self.worker.stopping and (
                 next_due is None or (next_due - now).total_seconds() > self.worker.horizon
             ):
                 # Nothing due at all (the code awaits something no command will resolve): park the run until a
@@ -169,7 +183,7 @@ class RunDriver:
                 await self._commit_and_deliver(instance)
 
     async def _wait(self, next_due: datetime | None, now: datetime) -> None:
-        if not self._ended and not self._lost and self._cancel_reason is None:
+        if not self._ended and not self._lost:
             try:
                 if next_due is None:
                     await self._signal.wait()
@@ -280,11 +294,19 @@ class RunDriver:
         events, self._pending_events = self._pending_events, []
         deliveries: list[Event] = []
         retries: list[_Attempt] = []
+        consumed: list[int] = []
         for item in ended:
             if isinstance(item, int):
                 fired = TimerFired(command_id=item)
                 events.append(fired)
                 deliveries.append(fired)
+                continue
+            if isinstance(item, Arrival):
+                if item.event is not None:
+                    events.append(item.event)
+                    deliveries.append(item.event)
+                if item.message_id is not None:
+                    consumed.append(item.message_id)
                 continue
             self._running.pop(item.step.command_id, None)
             step_events, delivery = self._events_for(item)
@@ -294,9 +316,9 @@ class RunDriver:
             else:
                 retries.append(item)
         at = self.worker.clock()
-        await self._append(events, at=at)
+        await self._append(events, at=at, consumed=consumed)
         for item in ended:
-            if not isinstance(item, int):
+            if isinstance(item, _Attempt):
                 item.step.scheduled_recorded = True
         for item in retries:
             item.step.attempt = item.attempt + 1
@@ -304,16 +326,30 @@ class RunDriver:
             self._waiting[item.step.command_id] = item.step
         for event in deliveries:
             instance.deliver(event, at)
+            if isinstance(event, CancelRequested):
+                await self._world.cancelled(instance)
         self._absorb(instance)
 
     async def _append(self, events: list[Event], *, at: datetime | None = None, **update: Any) -> None:
+        await self._world.create_children()  # a child exists before its ChildStarted is recorded
+        if self._instance is not None:
+            update.update(self._world.side_effects(self._instance, events))
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
         await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
         self._next_seq += len(events)
 
     async def _finish_outcome(self, outcome: Outcome) -> None:
-        if outcome.error is not None:
+        if outcome.cancelled is not None and outcome.timed_out:
+            error = ErrorInfo(type="durable.WorkflowTimeout", message=outcome.cancelled)
+            await self._finish(RunFailed(error=error), FAILED, None, error)
+        elif outcome.cancelled is not None:
+            await self._finish(RunCancelled(reason=outcome.cancelled), CANCELLED, None, None)
+        elif outcome.continued is not None:
+            new_id = await self._world.continue_as_new(outcome.continued)
+            result = msgspec.json.encode({"continued_as": new_id})
+            await self._finish(RunContinued(new_run_id=new_id, input=outcome.continued), CONTINUED, result, None)
+        elif outcome.error is not None:
             await self._finish(RunFailed(error=outcome.error), FAILED, None, outcome.error)
         else:
             assert outcome.result is not None

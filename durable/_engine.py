@@ -12,6 +12,7 @@ from typing import Any
 
 from history import (
     CANCELLED,
+    CONTINUED,
     FAILED,
     STATUSES,
     ErrorInfo,
@@ -19,10 +20,12 @@ from history import (
     RunNotFound,
     RunRecord,
     Store,
+    decode_payload,
     open_store,
 )
 
 from ._definitions import Workflow, encode_input, registered_workflows, resolve_workflow, unknown_workflow
+from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
 from ._worker import Worker
@@ -73,7 +76,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine:
+class Engine(WorldClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:
@@ -190,6 +193,7 @@ class Engine:
         if delay is not None:
             seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
             wake_at = self._clock() + timedelta(seconds=seconds)
+        timeout = definition.timeout if isinstance(definition, Workflow) else None
         new = NewRun(
             id=workflow_id or new_run_id(),
             workflow=name,
@@ -198,6 +202,7 @@ class Engine:
             queue=queue,
             priority=priority,
             wake_at=wake_at,
+            deadline=None if timeout is None else self._clock() + timedelta(seconds=timeout),
         )
         run, created = await self.store.create_run(new)
         if not created and run.workflow != name:
@@ -224,7 +229,8 @@ class Engine:
         """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history)."""
         run = await self._get_run(run_id)
         history = await self.store.read_history(run_id) if include_steps else None
-        return execution_from(run, history)
+        children = await self.store.list_children(run_id)
+        return execution_from(run, history, children=[child.id for child in children])
 
     async def get_history(self, run_id: str) -> list[Any]:
         """The run's recorded events, in order (``history.RecordedEvent``)."""
@@ -267,6 +273,9 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             run = await self._get_run(run_id)
+            if run.status == CONTINUED and run.result is not None:
+                run_id = decode_payload(run.result)["continued_as"]  # follow the chain to its last run
+                continue
             if run.finished:
                 return self._outcome(run)
             remaining = _RESULT_POLL if deadline is None else min(_RESULT_POLL, deadline - time.monotonic())
@@ -286,6 +295,4 @@ class Engine:
         definition = self._served().get(run.workflow)
         if definition is not None:
             return definition.decode_result(run.result)
-        from history import decode_payload
-
         return decode_payload(run.result)

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from history import (
+    CONTINUED,
     ErrorInfo,
     RecordedEvent,
     RunRecord,
@@ -61,6 +62,13 @@ class Execution(msgspec.Struct, frozen=True):
     priority: int = 0
     worker: str | None = None
     steps: list[StepView] | None = None
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
+    """What the workflow published with ``ctx.set_state`` (latest value per key), visible while it runs."""
+    children: list[str] = msgspec.field(default_factory=list)
+    """Ids of the child runs it started (``get_execution`` only; listings leave it empty)."""
+    continued_from: str | None = None
+    continued_as: str | None = None
+    """For a run that called ``ctx.continue_as_new``: the run that carries on."""
 
     @property
     def duration_ms(self) -> float | None:
@@ -83,8 +91,12 @@ class ExecutionPage(msgspec.Struct, frozen=True):
         return len(self.items)
 
 
-def execution_from(run: RunRecord, history: Sequence[RecordedEvent] | None = None) -> Execution:
-    """Build an ``Execution`` from a run row and, when given, its history (for ``steps``)."""
+def execution_from(
+    run: RunRecord, history: Sequence[RecordedEvent] | None = None, children: list[str] | None = None
+) -> Execution:
+    """Build an ``Execution`` from a run row and, when given, its history (for ``steps``) and children."""
+    result = decode_payload(run.result) if run.result is not None else None
+    continued_as = result.get("continued_as") if run.status == CONTINUED and isinstance(result, dict) else None
     return Execution(
         id=run.id,
         workflow=run.workflow,
@@ -105,6 +117,10 @@ def execution_from(run: RunRecord, history: Sequence[RecordedEvent] | None = Non
         worker=run.lease_owner,
         history_length=run.next_seq - 1,
         steps=steps_from(history) if history is not None else None,
+        state=decode_payload(run.state) if run.state is not None else {},
+        children=children or [],
+        continued_from=run.continued_from,
+        continued_as=continued_as,
     )
 
 

@@ -100,6 +100,7 @@ class Worker:
         names = sorted(self.workflows)
         await self.store.register_workflows(self.worker_id, names)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
         try:
             while not self.stopping:
@@ -110,6 +111,7 @@ class Worker:
             while self._drivers:
                 await asyncio.wait([task for _, task in self._drivers.values()])
         finally:
+            stop_listening()
             heartbeat.cancel()
             self._signal.close()
             self._stopped.set()
@@ -199,6 +201,13 @@ class Worker:
                     entry[0].lease_lost()
             for run_id, reason in beat.cancels.items():
                 self.cancel_local(run_id, reason)
+            for run_id in beat.messages:
+                self._message_arrived(run_id)
+
+    def _message_arrived(self, run_id: str) -> None:
+        entry = self._drivers.get(run_id)
+        if entry is not None:
+            entry[0].messages_arrived()
 
     @property
     def active_runs(self) -> int:

@@ -11,6 +11,10 @@
     │   └── LeaseLost                          this worker's lease on a run expired; another worker has it
     │       └── HistoryConflict                another writer extended the history first
     ├── RunNotFound (also LookupError)         no run with that id
+    ├── RunAlreadyFinished                     an event or input was sent to a finished run
+    ├── InputNotPending (also LookupError)     the run does not wait for that input
+    │   └── InputAlreadyProvided               the input was answered already; a second answer is refused
+    ├── InputValidationError (also ValueError) an answer does not fit the input's schema (per field)
     ├── UnknownWorkflowError (also LookupError) no workflow registered under that name
     ├── NonDeterminismError                    replayed code issued other commands than the history records
     ├── HistoryFileError                       a history file is cut short, edited, or from a newer Durable
@@ -18,48 +22,65 @@
     ├── StepFailed                             raised in a workflow when a step failed for good
     ├── WorkflowFailed                         raised by ``run.result()`` when the run failed
     ├── WorkflowCancelled                      raised by ``run.result()`` when the run was cancelled
+    ├── WorkflowTimeout                        the run outlived ``@durable.workflow(timeout=...)``
+    ├── WaitTimeout (also TimeoutError)        ``ctx.wait_for_event``/``wait_for_input`` ran out of time
+    ├── ChildWorkflowFailed                    a child run awaited with ``ctx.call_workflow`` failed
     └── ResultTimeout (also TimeoutError)      ``run.result(timeout=...)`` ran out of time
 
     NonRetryableError                          raise it (or a subclass) in a step to stop its retries
+    Cancelled (= asyncio.CancelledError)       raised in workflow code when its run is cancelled
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from history import (
     DatabaseUnavailable,
     DurableError,
     ErrorInfo,
     HistoryConflict,
+    InputAlreadyProvided,
+    InputNotPending,
     LeaseLost,
     PayloadError,
     PayloadTooLarge,
+    RunAlreadyFinished,
     RunNotFound,
     SchemaError,
     StoreError,
 )
-from replay import NonDeterminismError, WorkflowCodeError
+from replay import ChildWorkflowFailed, NonDeterminismError, WaitTimeout, WorkflowCodeError
 
 from ._history_file import HistoryFileError
 
 __all__ = [
+    "Cancelled",
+    "ChildWorkflowFailed",
     "DatabaseUnavailable",
     "DurableError",
     "HistoryConflict",
     "HistoryFileError",
+    "InputAlreadyProvided",
+    "InputNotPending",
+    "InputValidationError",
     "LeaseLost",
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadError",
     "PayloadTooLarge",
     "ResultTimeout",
+    "RunAlreadyFinished",
     "RunNotFound",
     "SchemaError",
     "StepFailed",
     "StoreError",
     "UnknownWorkflowError",
+    "WaitTimeout",
     "WorkflowCancelled",
     "WorkflowCodeError",
     "WorkflowFailed",
+    "WorkflowTimeout",
 ]
 
 
@@ -121,3 +142,24 @@ class WorkflowCancelled(DurableError):
 
 class ResultTimeout(DurableError, TimeoutError):
     """``run.result(timeout=...)`` returned before the run finished (the run goes on)."""
+
+
+Cancelled = asyncio.CancelledError
+"""Raised at the workflow's current ``await`` when its run is cancelled (``engine.cancel``) or times out. Catch it
+to clean up (steps still run), then re-raise or return; the run ends ``cancelled`` either way."""
+
+
+class WorkflowTimeout(DurableError):
+    """The run was stopped because it outlived its ``@durable.workflow(timeout=...)``."""
+
+
+class InputValidationError(DurableError, ValueError):
+    """An answer to ``ctx.wait_for_input`` does not fit its schema; ``errors`` maps each field (``""`` for the
+    answer as a whole) to what is wrong. The input stays pending."""
+
+    def __init__(self, run_id: str, key: str, errors: dict[str, str]) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.errors = errors
+        lines = [f"  {field or 'value'}: {problem}" for field, problem in errors.items()]
+        super().__init__(f"input {key!r} of run {run_id!r} was not accepted:\n" + "\n".join(lines))

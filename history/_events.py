@@ -148,7 +148,7 @@ class ChildFinished(_Event, tag="child_finished", frozen=True):
     command_id: int
     child_id: str
     status: str
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.Raw(b"null")  # JSON null unless the child completed
     error: ErrorInfo | None = None
 
 

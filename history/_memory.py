@@ -192,6 +192,9 @@ class MemoryStore:
                 events = self._events[item.run_id]
                 for offset, event in enumerate(item.events):
                     events.append(RecordedEvent(seq=item.first_seq + offset, at=item.at, event=event))
+                if item.release and item.wake_at is not None and self._has_messages(run.id, item.consumed):
+                    # A message came while the run was held: released, it must be ready at once, not asleep.
+                    item = msgspec.structs.replace(item, wake_at=None)
                 self._runs[item.run_id] = run = self._apply(run, item, now)
                 self._apply_side_tables(run, item, now)
                 outcomes.append(None)
@@ -231,6 +234,9 @@ class MemoryStore:
         if item.state is not None:
             changes["state"] = item.state
         return msgspec.structs.replace(run, **changes)
+
+    def _has_messages(self, run_id: str, consumed: Sequence[int]) -> bool:
+        return any(m.run_id == run_id and m.id not in consumed for m in self._inbox.values())
 
     def _apply_side_tables(self, run: RunRecord, item: Append, now: datetime) -> None:
         for message_id in item.consumed:

@@ -161,7 +161,7 @@ class ChildOutcome(msgspec.Struct, frozen=True):
     """The payload of a ``"child"`` inbox message: how a child run ended."""
 
     status: str
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.Raw(b"null")  # msgspec cannot decode ``Raw | None``: JSON null stands for none
     error: ErrorInfo | None = None
 
 
@@ -170,5 +170,5 @@ _child_encoder = msgspec.json.Encoder()
 
 def child_outcome(child: RunRecord) -> bytes:
     """The JSON a store puts in the parent's inbox when ``child`` finishes (a ``ChildOutcome``)."""
-    result = msgspec.Raw(child.result) if child.result is not None else None
+    result = msgspec.Raw(child.result if child.result is not None else b"null")
     return _child_encoder.encode(ChildOutcome(status=child.status, result=result, error=child.error))

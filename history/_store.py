@@ -69,6 +69,9 @@ class Store(Protocol):
         between the items). Returns, per item, ``None`` or the ``LeaseLost``/``HistoryConflict`` that refused it.
         Notifies waiters of ``run finished`` and of newly ready work.
 
+        A release of a run that still has unconsumed messages makes it ready at once (``wake_at`` NULL), so a
+        message that arrived while the run was held is never left waiting behind a long sleep.
+
         In the same commit: marks ``consumed`` inbox messages consumed, replaces ``state``, opens and closes
         pending inputs (a finishing run closes all of its own), and when the run finishes and has a parent,
         puts a ``"child"`` message (``{"status", "result", "error"}``) in the parent's inbox and wakes it."""

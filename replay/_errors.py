@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from history import DurableError
+from typing import Any
+
+from history import DurableError, ErrorInfo
 
 
 class NonDeterminismError(DurableError):
@@ -50,3 +52,35 @@ class NonDeterminismError(DurableError):
 
 class WorkflowCodeError(DurableError):
     """Workflow code used something that would make replay non-deterministic (a thread, real I/O, ...)."""
+
+
+class WaitTimeout(DurableError, TimeoutError):
+    """``ctx.wait_for_event``/``ctx.wait_for_input`` ran out of time (pass ``default=``/``timeout_value=`` to get a
+    value instead)."""
+
+
+class ChildWorkflowFailed(DurableError):
+    """A child run awaited with ``ctx.call_workflow`` failed or was cancelled.
+
+    Attributes:
+        child_id: the child run's id.
+        status: ``failed`` or ``cancelled``.
+        error_type, error_message, remote_traceback: the child's recorded error.
+    """
+
+    def __init__(self, child_id: str, status: str, error: ErrorInfo | None) -> None:
+        self.child_id = child_id
+        self.status = status
+        self.error_type = error.type if error else status
+        self.error_message = error.message if error else ""
+        self.remote_traceback = error.traceback if error else ""
+        detail = f": {self.error_type}: {self.error_message}" if error else ""
+        super().__init__(f"child run {child_id!r} {status}{detail}")
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: ends this run and starts the next with ``input`` (JSON)."""
+
+    def __init__(self, input: Any) -> None:
+        super().__init__("continue as new")
+        self.input = input

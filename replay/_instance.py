@@ -32,14 +32,21 @@ from typing import Any, Protocol
 import msgspec
 
 from history import (
+    CancelRequested,
+    ChildFinished,
+    ChildStarted,
     ErrorInfo,
     Event,
+    EventWaitStarted,
+    InputRequested,
+    MessageReceived,
     PatchMarked,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
+    StateUpdated,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -52,10 +59,11 @@ from history import (
 
 from ._commands import StepRequest, TimerRequest
 from ._context import WorkflowContext
-from ._errors import NonDeterminismError
+from ._errors import ContinueAsNew, NonDeterminismError
 from ._guards import trusted
 from ._loop import DeterministicLoop
 from ._report import _OWN_PACKAGES, describe_issued, describe_recorded, divergence_hint, user_code_location
+from ._world import WorldMixin
 
 _CURRENT: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "durable_current_instance", default=None
@@ -82,14 +90,20 @@ class _Diverged(BaseException):
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """How the workflow function ended: ``result`` (raw JSON) or ``error``."""
+    """How the workflow function ended: ``result`` (raw JSON), ``error``, ``cancelled`` (the reason, after a
+    cancellation reached it; ``timed_out`` when it was the run's timeout) or ``continued`` (the next input)."""
 
     result: msgspec.Raw | None = None
     error: ErrorInfo | None = None
+    cancelled: str | None = None
+    timed_out: bool = False
+    continued: msgspec.Raw | None = None
 
 
-_COMMAND_EVENTS = (StepScheduled, TimerStarted, ValueRecorded)
-_OUTCOME_EVENTS = (StepCompleted, StepFailed, TimerFired)
+_COMMAND_EVENTS = (StepScheduled, TimerStarted, ValueRecorded, EventWaitStarted, InputRequested, ChildStarted)
+_OUTCOME_EVENTS = (StepCompleted, StepFailed, TimerFired, ChildFinished)
+_SIGNAL_EVENTS = (MessageReceived, CancelRequested)
+"""Delivered like outcomes, in history order, but belonging to no command."""
 
 
 def _utcnow() -> datetime:
@@ -123,7 +137,7 @@ def _user_traceback(exc: BaseException) -> list[str]:
     return traceback.format_exception(type(exc), exc, tb)
 
 
-class WorkflowInstance:
+class WorkflowInstance(WorldMixin):
     """One run's workflow code on a deterministic loop. See the module docstring for the protocol."""
 
     def __init__(
@@ -158,6 +172,7 @@ class WorkflowInstance:
         self._new_steps: list[StepRequest] = []
         self._new_timers: list[TimerRequest] = []
         self._cancelled_timers: list[int] = []
+        self._init_world()
         self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are deliberately absent
             self._on_timer, self._on_timer_cancelled, started.at.timestamp()
         )
@@ -175,7 +190,8 @@ class WorkflowInstance:
     def replay(self, history: Sequence[RecordedEvent]) -> None:
         """Re-execute the code against ``history`` (event 1 included or not). Raises ``NonDeterminismError``."""
         events = [rec for rec in history if not isinstance(rec.event, RunStarted)]
-        self._outcomes_ahead = sum(isinstance(rec.event, _OUTCOME_EVENTS) for rec in events)
+        self._outcomes_ahead = sum(isinstance(rec.event, _OUTCOME_EVENTS + _SIGNAL_EVENTS) for rec in events)
+        self._state_updates_recorded = sum(isinstance(rec.event, StateUpdated) for rec in events)
         for rec in events:
             if isinstance(rec.event, PatchMarked):
                 self._marked_patches.add(rec.event.patch_id)
@@ -190,7 +206,7 @@ class WorkflowInstance:
             for rec in events:
                 if isinstance(rec.event, StepFailed) and rec.event.retry_at is not None:
                     self._note_retry(rec.event)
-                elif isinstance(rec.event, _OUTCOME_EVENTS):
+                elif isinstance(rec.event, _OUTCOME_EVENTS + _SIGNAL_EVENTS):
                     self._outcomes_ahead -= 1
                     self._deliver(rec)
                 elif isinstance(rec.event, (RunCompleted, RunFailed, RunCancelled)):
@@ -202,6 +218,9 @@ class WorkflowInstance:
         # and values issued while replaying were answered from the history.
         self._new_steps = [s for s in self._steps.values() if s.future is not None and not s.future.done()]
         self._new_steps.sort(key=lambda s: s.command_id)
+        # Timers armed during the replay that also fired (or were cancelled) during it are not pending.
+        self._new_timers = [t for t in self._new_timers if t.command_id in self._timers]
+        self._cancelled_timers = []
 
     def start(self) -> None:
         """Run a fresh instance (no history beyond ``RunStarted``) until it first waits."""
@@ -272,10 +291,18 @@ class WorkflowInstance:
 
     def _deliver(self, rec: RecordedEvent) -> None:
         event = rec.event
+        self._loop.set_time(rec.at.timestamp())
+        if isinstance(event, _SIGNAL_EVENTS):
+            self._deliver_world(event)
+            self._run()
+            return
         assert isinstance(event, _OUTCOME_EVENTS)
         cid = event.command_id
-        self._loop.set_time(rec.at.timestamp())
-        if isinstance(event, TimerFired):
+        if isinstance(event, ChildFinished):
+            if cid > self._next_cid - 1:
+                self._diverge_unissued(rec)
+            self._deliver_world(event)
+        elif isinstance(event, TimerFired):
             timer = self._timers.pop(cid, None)
             if timer is None:
                 self._diverge_unissued(rec)
@@ -297,6 +324,7 @@ class WorkflowInstance:
         if future.done():  # the code cancelled its wait (e.g. a timeout); the outcome is recorded, not used
             return
         if isinstance(event, StepCompleted):
+            self.note_completed_step(step.definition, step.args, step.kwargs)
             try:
                 future.set_result(step.definition.decode_result(event.result))
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -314,10 +342,18 @@ class WorkflowInstance:
     def _on_main_done(self, task: asyncio.Task[Any]) -> None:
         if self.divergence is not None:
             return
+        if self.cancel_reason is not None and (task.cancelled() or not isinstance(task.exception(), ContinueAsNew)):
+            # Cancellation reached the code: the run ends cancelled, whether the code re-raised it, returned after
+            # cleaning up, or failed while cleaning up.
+            self.outcome = Outcome(cancelled=self.cancel_reason, timed_out=self.cancel_timed_out)
+            return
         if task.cancelled():
             self.outcome = Outcome(error=ErrorInfo(type="asyncio.CancelledError", message="workflow task cancelled"))
             return
         failure = task.exception()
+        if isinstance(failure, ContinueAsNew):
+            self.outcome = Outcome(continued=failure.input)
+            return
         if failure is not None:
             self.outcome = Outcome(error=error_info(failure))
             return
@@ -334,6 +370,18 @@ class WorkflowInstance:
         cid = self._next_cid
         self._next_cid += 1
         return cid
+
+    def _match_command(self, cid: int, new: Event, same: Callable[[Event], bool]) -> Event | None:
+        """Match command ``cid`` against the history: return the recorded event (diverging if it is not
+        ``same``), or queue ``new`` for appending and return ``None``."""
+        rec = self._recorded.get(cid)
+        if rec is not None:
+            if not same(rec.event):
+                self._diverge(rec, describe_recorded(new))
+            return rec.event
+        self._check_no_later_record(cid, type(new).__name__)
+        self._new_events.append(new)
+        return None
 
     def call_step(self, definition: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
         """Issue a step command (called by ``durable.step`` objects inside workflow code)."""

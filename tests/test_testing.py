@@ -222,11 +222,6 @@ async def test_code_that_changes_on_replay_is_reported_as_blocked() -> None:
     assert blocked.value.run_id == run.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (see TIMER_REPLAY_BUG in tests/test_crash_property.py): a replay re-arms timers that "
-    "already fired, and the test engine replays at every wait. Remove this mark when fixed.",
-)
 async def test_a_retry_after_a_sleep_completes() -> None:
     async with TestEngine(workflows=[sleep_then_charge], start=START, timeout=2.0) as engine:
         engine.fail_step("charge_payment", times=1)
