@@ -98,6 +98,8 @@ class RunDriver:
         self._waiting: dict[int, StepRequest] = {}  # steps waiting for their retry time
         self._timers: dict[int, datetime] = {}
         self._pending_events: list[Event] = []
+        self._consumed: list[int] = []  # inbox messages recorded by the next append
+        self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
         self._world = WorldDriver(self)
 
@@ -290,33 +292,46 @@ class RunDriver:
         return events, (failed if ended.retry_at is None else None)
 
     async def _commit_and_deliver(self, instance: WorkflowInstance) -> None:
+        """Record what happened and let the workflow code react, in one append.
+
+        Each outcome is delivered to the instance *before* the append, in order, and what the code does in
+        reaction (timers, recorded values, its own end) joins the same append. That is safe: the code only
+        runs in memory, and nothing it asks for that touches the world (a step, a child) starts before the
+        append has committed. If the append fails, the instance is dropped with everything it did. So a step
+        costs one commit, and so does a step that ends the workflow (invariant 5 holds: no effect of the
+        workflow going past a step is visible before the step's result is durable).
+        """
         ended, self._ended = self._ended, []
-        events, self._pending_events = self._pending_events, []
-        deliveries: list[Event] = []
-        retries: list[_Attempt] = []
-        consumed: list[int] = []
-        for item in ended:
-            if isinstance(item, int):
-                fired = TimerFired(command_id=item)
-                events.append(fired)
-                deliveries.append(fired)
-                continue
-            if isinstance(item, Arrival):
-                if item.event is not None:
-                    events.append(item.event)
-                    deliveries.append(item.event)
-                if item.message_id is not None:
-                    consumed.append(item.message_id)
-                continue
-            self._running.pop(item.step.command_id, None)
-            step_events, delivery = self._events_for(item)
-            events.extend(step_events)
-            if delivery is not None:
-                deliveries.append(delivery)
-            else:
-                retries.append(item)
+        events = self._take_pending()
         at = self.worker.clock()
-        await self._append(events, at=at, consumed=consumed)
+        retries: list[_Attempt] = []
+        cancelled = False
+        for item in ended:
+            delivery: Event | None = None
+            if isinstance(item, int):
+                delivery = TimerFired(command_id=item)
+                events.append(delivery)
+            elif isinstance(item, Arrival):
+                delivery = item.event
+                if delivery is not None:
+                    events.append(delivery)
+                    cancelled = cancelled or isinstance(delivery, CancelRequested)
+                if item.message_id is not None:
+                    self._consumed.append(item.message_id)
+            else:
+                self._running.pop(item.step.command_id, None)
+                step_events, delivery = self._events_for(item)
+                events.extend(step_events)
+                if delivery is None:
+                    retries.append(item)
+            if delivery is not None:
+                instance.deliver(delivery, at)
+                events.extend(instance.take_new_events())  # the code's reaction, recorded right after
+        if instance.outcome is not None:
+            self._pending_events = events  # the loop ends the run with these, in the same append
+            self._cancel_children = cancelled
+            return
+        await self._append(events, at=at)
         for item in ended:
             if isinstance(item, _Attempt):
                 item.step.scheduled_recorded = True
@@ -324,16 +339,16 @@ class RunDriver:
             item.step.attempt = item.attempt + 1
             item.step.not_before = item.retry_at
             self._waiting[item.step.command_id] = item.step
-        for event in deliveries:
-            instance.deliver(event, at)
-            if isinstance(event, CancelRequested):
-                await self._world.cancelled(instance)
+        if cancelled:
+            await self._world.cancelled(instance)
         self._absorb(instance)
 
     async def _append(self, events: list[Event], *, at: datetime | None = None, **update: Any) -> None:
         await self._world.create_children()  # a child exists before its ChildStarted is recorded
         if self._instance is not None:
             update.update(self._world.side_effects(self._instance, events))
+        if self._consumed:
+            update["consumed"], self._consumed = self._consumed, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
         await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
@@ -362,6 +377,8 @@ class RunDriver:
         self._pending_events = []
         await self._append(events, status=status, result=result, error=error, release=True)
         self.worker.count(status)
+        if self._cancel_children and self._instance is not None:
+            await self._world.cancelled(self._instance)
 
     async def _release(self, *, wake_at: datetime | None, status: str | None) -> None:
         await self._append(self._take_pending(), status=status, wake_at=wake_at, release=True)

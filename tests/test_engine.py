@@ -46,13 +46,14 @@ async def test_workflow_runs_steps_sync_steps_and_parallel_steps(engine_url: str
 
 
 async def test_each_step_costs_one_append_when_run_alone(engine_url: str) -> None:
-    # One commit per step (DESIGN.md): StepScheduled and StepCompleted go out together, and the run's final
-    # event is one more append. Nothing else runs, so no group commit merges anything.
+    # One commit per step (DESIGN.md): StepScheduled and StepCompleted go out together, and the workflow's
+    # reaction to the last result (its end) joins that step's append. Nothing else runs, so no group commit
+    # merges anything.
     async with durable.Engine(engine_url) as engine:
         run = await engine.start(wf.sequence, 6)
         assert await run.result(timeout=20) == 15
         assert engine.worker is not None
-        assert engine.worker._appender.items == 6 + 1
+        assert engine.worker._appender.items == 6
         history = await engine.get_history(run.id)
     assert [type(r.event).__name__ for r in history[:3]] == ["RunStarted", "StepScheduled", "StepCompleted"]
     assert [r.seq for r in history] == list(range(1, 6 * 2 + 3))

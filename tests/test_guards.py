@@ -262,6 +262,7 @@ def spin_in_thread() -> int:
     """Use guarded calls in a worker thread until the workflow (spinning, armed, on the main thread) says stop;
     count the calls made while the main thread was armed."""
     armed_calls = 0
+    SPIN["started"].set()
     while not SPIN["stop"].is_set():
         armed = bool(_guards._armed)
         use_everything()
@@ -271,10 +272,16 @@ def spin_in_thread() -> int:
     return armed_calls
 
 
+@durable.step
+async def thread_running() -> None:
+    while not SPIN["started"].is_set():
+        await asyncio.sleep(0.001)
+
+
 @durable.workflow(name="guards_concurrent")
 async def concurrent_workflow(ctx: durable.WorkflowContext) -> int:
     in_thread = asyncio.ensure_future(spin_in_thread())
-    await echo("let the thread start")
+    await thread_running()
     spins = 0
     while SPIN["armed_calls"] < 5 and spins < 50_000_000:  # busy, inside the activation: this thread is armed
         spins += 1
@@ -283,7 +290,7 @@ async def concurrent_workflow(ctx: durable.WorkflowContext) -> int:
 
 
 async def test_a_sync_step_in_a_thread_is_not_guarded_while_a_workflow_activation_runs() -> None:
-    SPIN.update(stop=threading.Event(), armed_calls=0)
+    SPIN.update(stop=threading.Event(), started=threading.Event(), armed_calls=0)
     outcome, _ = await execute(concurrent_workflow)
     assert isinstance(outcome, int) and outcome >= 5, outcome
 
