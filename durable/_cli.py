@@ -1,5 +1,5 @@
-"""The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``, and
-(from ``_cli_history``) ``history`` and ``replay``.
+"""The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``,
+(from ``_cli_history``) ``history`` and ``replay``, and (from ``_cli_world``) ``send-event`` and ``inputs``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import importlib
 import logging
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`durable show RUN | head`): stop quietly, as `cat` does
+        with contextlib.suppress(OSError, ValueError):  # else Python reports the pipe again when it flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         return _report(exc, args)
 
@@ -122,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
-    from . import _cli_history  # history, history export/import, replay (imports this module: hence here)
+    from . import _cli_history, _cli_world  # they import this module: hence here
 
-    _cli_history.add_commands(add, [common])
+    _cli_history.add_commands(add, [common])  # history, history export/import, replay
+    _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     return parser
 
 
@@ -163,7 +169,7 @@ def _add_start(add: Any) -> None:
 
 
 def _add_show(add: Any) -> None:
-    p = add("show", help="a run's status, steps and event history")
+    p = add("show", help="a run's status, state, pending inputs, children, steps and event history")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.set_defaults(command=cmd_show)
@@ -333,15 +339,20 @@ async def _wait(handle: Any, timeout: float | None, debug: bool) -> int:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's summary, steps and history (or all of it as JSON)."""
+    from ._cli_world import world_sections, world_view
+
     async with Engine(args.database_url, worker=False) as engine:
         execution = await engine.get_execution(args.run_id, include_steps=True)
         events = await engine.get_history(args.run_id)
-    if args.json:
-        document = msgspec.json.encode({"execution": execution, "history": events})  # payloads stay as stored
+        world = await world_view(engine, execution)
+    if args.json:  # payloads stay as stored
+        document = msgspec.json.encode({"execution": execution, **world.as_json(), "history": events})
         print(msgspec.json.format(document, indent=2).decode())
         return 0
     style = _format.Style.for_stream(sys.stdout)
     print(_format.execution_summary(execution, style))
+    for section in world_sections(execution, world, style):
+        print(section)
     if execution.steps:
         print(style(f"\nSteps ({len(execution.steps)})", "bold"))
         print(_format.steps_table(execution.steps, style))

@@ -14,11 +14,19 @@ from typing import IO, Any
 import msgspec
 
 from history import (
+    CancelRequested,
+    ChildFinished,
+    ChildStarted,
+    EventWaitStarted,
+    InputRequested,
+    MessageReceived,
     RecordedEvent,
     RunCancelled,
     RunCompleted,
+    RunContinued,
     RunFailed,
     RunStarted,
+    StateUpdated,
     StepCompleted,
     StepFailed,
     StepScheduled,
@@ -28,6 +36,7 @@ from history import (
     event_type,
 )
 
+from ._driver import _NEVER
 from ._execution import Execution, StepView
 
 _CODES = {
@@ -49,6 +58,7 @@ STATUS_STYLES = {
     "running": "cyan",
     "waiting": "blue",
     "pending": "dim",
+    "continued": "cyan",
 }
 """The colour of each run or step status."""
 
@@ -145,9 +155,11 @@ def event_subject(event: Any) -> str:
     command_id = getattr(event, "command_id", None)
     if command_id is None:
         return ""
-    name = getattr(event, "name", None) or getattr(event, "kind", None)
+    name = getattr(event, "name", None) or getattr(event, "key", None) or getattr(event, "kind", None)
     if isinstance(event, (TimerStarted, TimerFired)):
         name = "timer"
+    elif isinstance(event, (ChildStarted, ChildFinished)):
+        name = "child"
     return f"#{command_id} {name}" if name else f"#{command_id}"
 
 
@@ -175,6 +187,28 @@ def event_details(event: Any, start: datetime | None = None) -> str:  # one bran
         return _error_line(event.error)
     if isinstance(event, RunCancelled):
         return f"reason: {event.reason}"
+    return _world_details(event)
+
+
+def _world_details(event: Any) -> str:  # one branch per event kind
+    """The summary of an event of waiting on the world (messages, inputs, children, state, continuation)."""
+    if isinstance(event, EventWaitStarted):
+        return f"wait for event {event.name!r}" + (f" until {when(event.timeout_at)}" if event.timeout_at else "")
+    if isinstance(event, InputRequested):
+        return f"ask {event.key!r}: {event.prompt}" + (f" (until {when(event.timeout_at)})" if event.timeout_at else "")
+    if isinstance(event, MessageReceived):
+        return f"{event.kind} {event.name!r} = {short(event.payload)}"
+    if isinstance(event, ChildStarted):
+        return f"run {event.child_id} of {event.workflow}" + ("" if event.wait else " (not awaited)")
+    if isinstance(event, ChildFinished):
+        outcome = _error_line(event.error) if event.error is not None else f"-> {short(event.result)}"
+        return f"run {event.child_id} {event.status}: {outcome}"
+    if isinstance(event, CancelRequested):
+        return f"reason: {event.reason}" + (" (the run's timeout)" if event.timeout else "")
+    if isinstance(event, StateUpdated):
+        return f"{event.key} = {short(event.value)}"
+    if isinstance(event, RunContinued):
+        return f"continued as run {event.new_run_id}, input {short(event.input)}"
     return ""
 
 
@@ -184,8 +218,10 @@ def event_style(event: Any) -> str | None:
         return "yellow" if isinstance(event, StepFailed) and event.retry_at is not None else "red"
     if isinstance(event, (StepCompleted, RunCompleted)):
         return "green"
-    if isinstance(event, RunCancelled):
+    if isinstance(event, (RunCancelled, CancelRequested)):
         return "magenta"
+    if isinstance(event, ChildFinished):
+        return STATUS_STYLES.get(event.status)
     return None
 
 
@@ -193,7 +229,8 @@ def _error_line(error: Any) -> str:
     return f"{error.type}: {' '.join(error.message.split())}"
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (ending in an ellipsis when cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -214,7 +251,7 @@ def history_table(events: Sequence[RecordedEvent], style: Style) -> str:
                 _offset(rec.at, start),
                 (event_type(rec.event), event_style(rec.event)),
                 event_subject(rec.event),
-                _cut(event_details(rec.event, start), 110),
+                cut(event_details(rec.event, start), 110),
             ]
         )
     return table(["seq", "time", "type", "command", "details"], rows, style)
@@ -229,7 +266,7 @@ def steps_table(steps: Sequence[StepView], style: Style) -> str:
             (s.status, STATUS_STYLES.get(s.status)),
             str(s.attempt),
             millis(s.duration_ms),
-            _cut(_error_line(s.error), 70) if s.error is not None else "",
+            cut(_error_line(s.error), 70) if s.error is not None else "",
         ]
         for s in steps
     ]
@@ -273,10 +310,18 @@ def execution_summary(execution: Execution, style: Style) -> str:
         ("events", str(e.history_length)),
         ("input", short(e.input, 200)),
     ]
+    if e.parent_id:
+        fields.append(("parent", e.parent_id))
+    if e.continued_from:
+        fields.append(("prev run", f"{e.continued_from}  (this run continues it: continue-as-new)"))
+    if e.continued_as:
+        fields.append(("next run", f"{e.continued_as}  (continued as new)"))
     if e.worker and not e.finished_at:
         fields.append(("worker", e.worker))
     if e.wake_at and not e.finished_at:
-        fields.append(("wakes at", when(e.wake_at)))
+        parked = e.wake_at >= _NEVER  # waits for nothing but the world: an event, an input, a child's outcome
+        fields.append(("wakes at", "when an event, input or child's outcome it waits for arrives" if parked
+                       else when(e.wake_at)))
     if e.status == "completed":
         fields.append(("result", short(e.result, 200)))
     if e.cancel_reason:
