@@ -428,6 +428,11 @@ def _compare(outcome: Outcome | None, end: RecordedEvent) -> tuple[bool | None, 
                            f"returns {_short(outcome.result)}")
         return True, None
     assert isinstance(event, RunFailed)
+    if outcome.cancelled is not None and outcome.timed_out:  # the run's deadline passed: it failed, timed out
+        if event.error.type.endswith("WorkflowTimeout"):
+            return True, None
+        return False, (f"the run failed with {event.error.type}: {event.error.message} (event {end.seq}), but the "
+                       f"code now times out")
     if outcome.error is None:
         return False, (f"the run failed with {event.error.type}: {event.error.message} (event {end.seq}), but the "
                        f"code now returns {_short(outcome.result)}")

@@ -9,7 +9,16 @@ from types import FrameType
 
 import msgspec
 
-from history import Event, StepScheduled, TimerStarted, ValueRecorded, event_type
+from history import (
+    ChildStarted,
+    Event,
+    EventWaitStarted,
+    InputRequested,
+    StepScheduled,
+    TimerStarted,
+    ValueRecorded,
+    event_type,
+)
 
 _MAX_ARGS_CHARS = 200
 _OWN_PACKAGES = tuple(
@@ -36,6 +45,12 @@ def describe_recorded(event: Event) -> str:
         return f"timer of {event.seconds:g}s"
     if isinstance(event, ValueRecorded):
         return f"ctx.{event.kind}()"
+    if isinstance(event, EventWaitStarted):
+        return f"wait for event {event.name!r}"
+    if isinstance(event, InputRequested):
+        return f"wait for input {event.key!r}"
+    if isinstance(event, ChildStarted):
+        return f"{'call' if event.wait else 'start'} of child workflow {event.workflow!r} as {event.child_id!r}"
     return event_type(event)
 
 

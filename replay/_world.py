@@ -22,7 +22,6 @@ from history import (
     CancelRequested,
     ChildFinished,
     ChildStarted,
-    ErrorInfo,
     EventWaitStarted,
     InputRequested,
     MessageReceived,
@@ -32,10 +31,11 @@ from history import (
 )
 
 from ._errors import ChildWorkflowFailed, ContinueAsNew, WaitTimeout
-from ._report import describe_recorded
 
 if TYPE_CHECKING:
-    from ._instance import WorkflowInstance
+    from history import Event
+
+    from ._loop import DeterministicLoop
 
 MISSING: Any = object()
 """Marks an argument that was not given (``None`` is a valid default value)."""
@@ -76,7 +76,20 @@ class ChildHandle:
 class WorldMixin:
     """Waits on messages and children; see the module docstring."""
 
-    def _init_world(self: WorkflowInstance) -> None:
+    if TYPE_CHECKING:  # provided by WorkflowInstance
+        run_id: str
+        workflow_name: str
+        replaying: bool
+        _loop: DeterministicLoop
+        _task: asyncio.Task[Any]
+        _new_events: list[Event]
+        _clock: Callable[[], datetime]
+
+        def _allocate(self) -> int: ...
+
+        def _match_command(self, cid: int, new: Event, same: Callable[[Event], bool]) -> Event | None: ...
+
+    def _init_world(self) -> None:
         self._buffered: list[tuple[str, str, Any]] = []  # received messages no wait took yet: (kind, name, value)
         self._waiters: list[_Waiter] = []
         self._children: dict[int, tuple[ChildRequest, asyncio.Future[Any], Any]] = {}
@@ -92,7 +105,7 @@ class WorldMixin:
     # -- commands ---------------------------------------------------------------------------------------------
 
     def wait_for_message(
-        self: WorkflowInstance,
+        self,
         kind: str,
         name: str,
         *,
@@ -119,7 +132,7 @@ class WorldMixin:
         return waiter.future
 
     def call_child(
-        self: WorkflowInstance, workflow: Any, args: tuple[Any, ...], *, workflow_id: str | None, wait: bool,
+        self, workflow: Any, args: tuple[Any, ...], *, workflow_id: str | None, wait: bool,
         cancel_with_parent: bool = True,
     ) -> asyncio.Future[Any]:
         """Issue a child run: awaited (``call_workflow``) or fire-and-forget (``start_workflow``)."""
@@ -141,7 +154,7 @@ class WorldMixin:
             future.set_result(ChildHandle(child_id, name))
         return future
 
-    def set_state(self: WorkflowInstance, key: str, value: Any) -> None:
+    def set_state(self, key: str, value: Any) -> None:
         """``ctx.set_state``: publish ``value`` under ``key`` (recorded once, not again on replay)."""
         raw = encode_payload(value, what=f"ctx.set_state({key!r}, ...)")
         self.state[key] = decode_payload(raw)
@@ -151,18 +164,18 @@ class WorldMixin:
         self._new_events.append(StateUpdated(key=key, value=raw))
         self.state_changed = True
 
-    def continue_as_new(self: WorkflowInstance, args: tuple[Any, ...]) -> ContinueAsNew:
+    def continue_as_new(self, args: tuple[Any, ...]) -> ContinueAsNew:
         """The signal ``ctx.continue_as_new`` raises: ends the run, carrying ``args`` to the next one."""
         return ContinueAsNew(encode_payload(list(args), what=f"the input of workflow {self.workflow_name!r}"))
 
-    def note_completed_step(self: WorkflowInstance, definition: Any, args: tuple[Any, ...],
+    def note_completed_step(self, definition: Any, args: tuple[Any, ...],
                             kwargs: dict[str, Any]) -> None:
         """Remember a completed step's compensation (``@durable.step(compensate=...)``), most recent last."""
         compensate = getattr(definition, "compensate", None)
         if compensate is not None:
             self._compensations.append((compensate, args, kwargs))
 
-    def take_compensations(self: WorkflowInstance) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+    def take_compensations(self) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
         """The compensations to run now, most recent first (each is run once)."""
         pending, self._compensations = self._compensations[::-1], []
         return pending
@@ -198,7 +211,7 @@ class WorldMixin:
 
     # -- deliveries -------------------------------------------------------------------------------------------
 
-    def _deliver_world(self: WorkflowInstance, event: Any) -> None:
+    def _deliver_world(self, event: Any) -> None:
         if isinstance(event, MessageReceived):
             self._on_message(event.kind, event.name, decode_payload(event.payload))
         elif isinstance(event, ChildFinished):
@@ -208,7 +221,7 @@ class WorldMixin:
             self.cancel_timed_out = event.timeout
             self._task.cancel(msg=event.reason)
 
-    def _on_message(self: WorkflowInstance, kind: str, name: str, value: Any) -> None:
+    def _on_message(self, kind: str, name: str, value: Any) -> None:
         for waiter in self._waiters:
             if waiter.kind == kind and waiter.name == name and self._matches(waiter, value):
                 self._waiters.remove(waiter)
@@ -216,7 +229,7 @@ class WorldMixin:
                 return
         self._buffered.append((kind, name, value))
 
-    def _take_buffered(self: WorkflowInstance, waiter: _Waiter) -> bool:
+    def _take_buffered(self, waiter: _Waiter) -> bool:
         for index, (kind, name, value) in enumerate(self._buffered):
             if kind == waiter.kind and name == waiter.name and self._matches(waiter, value):
                 del self._buffered[index]
@@ -234,7 +247,7 @@ class WorldMixin:
             waiter.future.set_exception(exc)
             return False
 
-    def _resolve_waiter(self: WorkflowInstance, waiter: _Waiter, value: Any) -> None:
+    def _resolve_waiter(self, waiter: _Waiter, value: Any) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
         if waiter.kind == "input":
@@ -242,7 +255,7 @@ class WorldMixin:
         if not waiter.future.done():
             waiter.future.set_result(value)
 
-    def _wait_timed_out(self: WorkflowInstance, waiter: _Waiter, default: Any) -> None:
+    def _wait_timed_out(self, waiter: _Waiter, default: Any) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         if waiter.kind == "input":
@@ -255,7 +268,7 @@ class WorldMixin:
         else:
             waiter.future.set_result(default)
 
-    def _on_child_finished(self: WorkflowInstance, event: ChildFinished) -> None:
+    def _on_child_finished(self, event: ChildFinished) -> None:
         entry = self._children.pop(event.command_id, None)
         if entry is None or entry[1].done():
             return
@@ -271,16 +284,3 @@ def _wait_name(event: Any) -> str:
     return event.name if isinstance(event, EventWaitStarted) else event.key
 
 
-def child_finished_event(command_id: int, child_id: str, status: str, result: msgspec.Raw | None,
-                         error: ErrorInfo | None) -> ChildFinished:
-    """The event recording a child's outcome (built by the driver from a ``"child"`` inbox message)."""
-    return ChildFinished(command_id=command_id, child_id=child_id, status=status, result=result, error=error)
-
-
-def describe(event: Any) -> str:
-    """Short description for reports (re-exported for the driver's logs)."""
-    return describe_recorded(event)
-
-
-__all__ = ["MISSING", "ChildHandle", "ChildRequest", "WorldMixin", "child_finished_event"]
-_ = datetime  # referenced in annotations of the mixin's users

@@ -398,18 +398,10 @@ def test_spec_summaries() -> None:
 
 # -- golden histories of waiting on the world -------------------------------------------------------------------
 
-TIMEOUT_REPLAY_BUG = (
-    "durable.replay compares a run that failed with WorkflowTimeout (its deadline raised Cancelled into the code, "
-    "the driver recorded run_failed) with the replayed outcome's error, which is None (the outcome is "
-    "cancelled/timed_out): it reports 'DIFFERENT END ... but the code now returns null' for a faithful replay"
-)
-
-
 def _golden_params() -> list[Any]:
     params = []
     for path in durable.replay.history_files(GOLDEN_WORLD):
-        marks = [pytest.mark.xfail(strict=True, reason=TIMEOUT_REPLAY_BUG)] if "timeout" in path.stem else []
-        params.append(pytest.param(path, id=path.stem, marks=marks))
+        params.append(pytest.param(path, id=path.stem))
     return params
 
 
@@ -446,9 +438,6 @@ def test_replay_command_on_the_golden_histories(capsys: pytest.CaptureFixture[st
     assert code == 1 and "DIVERGED" in out and "wf_world.py:38" in out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "replay/_report.py describes world commands by type only: a renamed wait is reported as 'recorded: "
-    "event_wait_started / issued: event_wait_started', without the names that differ"))
 def test_divergence_report_names_the_event_that_changed() -> None:
     from . import wf_world  # noqa: F401
 
