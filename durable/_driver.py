@@ -361,7 +361,8 @@ class RunDriver:
         elif outcome.cancelled is not None:
             await self._finish(RunCancelled(reason=outcome.cancelled), CANCELLED, None, None)
         elif outcome.continued is not None:
-            new_id = await self._world.continue_as_new(outcome.continued)
+            assert self._instance is not None
+            new_id = await self._world.continue_as_new(outcome.continued, self._instance)
             result = msgspec.json.encode({"continued_as": new_id})
             await self._finish(RunContinued(new_run_id=new_id, input=outcome.continued), CONTINUED, result, None)
         elif outcome.error is not None:

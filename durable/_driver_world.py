@@ -124,8 +124,8 @@ class WorldDriver:
             except RunNotFound:  # never created (the parent was cancelled first): nothing to stop
                 pass
 
-    async def continue_as_new(self, raw_input: msgspec.Raw) -> str:
-        """Create the run that continues this one; return its id."""
+    async def continue_as_new(self, raw_input: msgspec.Raw, instance: WorkflowInstance) -> str:
+        """Create the run that continues this one, handing it the messages no wait took; return its id."""
         run = self.driver.run
         new_id = next_run_id(run.id)
         await self.driver.worker.store.create_run(
@@ -139,6 +139,7 @@ class WorldDriver:
                 parent_id=run.parent_id,
                 deadline=self._deadline_of(run.workflow),
                 continued_from=run.id,
+                carried=instance.unused_messages(),
             )
         )
         return new_id

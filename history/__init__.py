@@ -19,6 +19,7 @@ from ._errors import (
     StoreError,
 )
 from ._events import (
+    CarriedMessage,
     EVENT_TYPES,
     FORMAT_VERSION,
     TERMINAL_EVENTS,
@@ -76,6 +77,7 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "CONTINUED",
+    "CarriedMessage",
     "CancelRequested",
     "ChildFinished",
     "ChildOutcome",

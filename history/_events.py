@@ -31,6 +31,14 @@ class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_field
     """Base of every event. ``forbid_unknown_fields=False`` lets an older reader skip fields added later."""
 
 
+class CarriedMessage(msgspec.Struct, frozen=True):
+    """A message a run had received but not used when it continued as new: handed to the next run."""
+
+    kind: str
+    name: str
+    payload: msgspec.Raw
+
+
 class RunStarted(_Event, tag="run_started", frozen=True):
     """The first event of every run: which workflow, with which input, and the seed for ``ctx.random()``."""
 
@@ -42,6 +50,8 @@ class RunStarted(_Event, tag="run_started", frozen=True):
     deadline: datetime | None = None
     """When the whole run times out (``@durable.workflow(timeout=...)``), fixed when it started."""
     continued_from: str | None = None
+    carried: tuple[CarriedMessage, ...] = ()
+    """Messages the previous run of a continue-as-new chain received but no wait took: buffered again here."""
 
 
 class StepScheduled(_Event, tag="step_scheduled", frozen=True):

@@ -20,7 +20,7 @@ from ._errors import (
     RunAlreadyFinished,
     RunNotFound,
 )
-from ._events import RecordedEvent, RunStarted
+from ._events import RecordedEvent
 from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
@@ -85,15 +85,7 @@ class MemoryStore:
                 wake_at=new.wake_at,
                 continued_from=new.continued_from,
             )
-            started = RunStarted(
-                workflow=new.workflow,
-                input=new.input,
-                run_id=new.id,
-                random_seed=new.random_seed,
-                parent_id=new.parent_id,
-                deadline=new.deadline,
-                continued_from=new.continued_from,
-            )
+            started = new.started_event()
             self._runs[new.id] = run
             self._events[new.id] = [RecordedEvent(seq=1, at=now, event=started)]
         self.hub.notify_work()

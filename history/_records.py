@@ -7,7 +7,7 @@ from datetime import datetime
 
 import msgspec
 
-from ._events import ErrorInfo, Event, RecordedEvent
+from ._events import CarriedMessage, ErrorInfo, Event, RecordedEvent, RunStarted
 
 PENDING = "pending"
 RUNNING = "running"
@@ -74,6 +74,20 @@ class NewRun(msgspec.Struct, frozen=True):
     wake_at: datetime | None = None
     deadline: datetime | None = None
     continued_from: str | None = None
+    carried: tuple[CarriedMessage, ...] = ()
+
+    def started_event(self) -> RunStarted:
+        """The ``RunStarted`` event (event 1) of the run this creates: every store writes exactly this."""
+        return RunStarted(
+            workflow=self.workflow,
+            input=self.input,
+            run_id=self.id,
+            random_seed=self.random_seed,
+            parent_id=self.parent_id,
+            deadline=self.deadline,
+            continued_from=self.continued_from,
+            carried=self.carried,
+        )
 
 
 class Message(msgspec.Struct, frozen=True):

@@ -173,6 +173,8 @@ class WorkflowInstance(WorldMixin):
         self._new_timers: list[TimerRequest] = []
         self._cancelled_timers: list[int] = []
         self._init_world()
+        for carried in event.carried:  # messages the previous run of a continue-as-new chain did not use
+            self._buffered.append((carried.kind, carried.name, decode_payload(carried.payload)))
         self._loop = DeterministicLoop(  # type: ignore[abstract]  # I/O methods are deliberately absent
             self._on_timer, self._on_timer_cancelled, started.at.timestamp()
         )

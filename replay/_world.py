@@ -20,6 +20,7 @@ import msgspec
 from history import (
     COMPLETED,
     CancelRequested,
+    CarriedMessage,
     ChildFinished,
     ChildStarted,
     EventWaitStarted,
@@ -167,6 +168,13 @@ class WorldMixin:
     def continue_as_new(self, args: tuple[Any, ...]) -> ContinueAsNew:
         """The signal ``ctx.continue_as_new`` raises: ends the run, carrying ``args`` to the next one."""
         return ContinueAsNew(encode_payload(list(args), what=f"the input of workflow {self.workflow_name!r}"))
+
+    def unused_messages(self) -> tuple[CarriedMessage, ...]:
+        """Messages received that no wait took: a run that continues as new hands them to the next one."""
+        return tuple(
+            CarriedMessage(kind=kind, name=name, payload=encode_payload(value, what=f"event {name!r}"))
+            for kind, name, value in self._buffered
+        )
 
     def note_completed_step(self, definition: Any, args: tuple[Any, ...],
                             kwargs: dict[str, Any]) -> None:

@@ -447,10 +447,6 @@ def test_divergence_report_names_the_event_that_changed() -> None:
 
 # -- engine bugs found while writing this (xfail until fixed) ----------------------------------------------------
 
-CONTINUE_DROPS_EVENTS = (
-    "events a run received (recorded as message_received, consumed from its inbox) but no wait took yet are "
-    "dropped when it continues as new: the next run never sees them and waits forever"
-)
 
 
 @durable.workflow(name="cli_world_ticks_then_continues")
@@ -461,7 +457,6 @@ async def ticks_then_continues(ctx: durable.WorkflowContext, n: int, seen: list[
     return seen
 
 
-@pytest.mark.xfail(strict=True, reason=CONTINUE_DROPS_EVENTS)
 async def test_events_received_before_continue_as_new_reach_the_next_run() -> None:
     store = MemoryStore()
     async with durable.Engine(store=store, worker=False) as client:
