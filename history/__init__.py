@@ -19,11 +19,11 @@ from ._errors import (
     StoreError,
 )
 from ._events import (
-    CarriedMessage,
     EVENT_TYPES,
     FORMAT_VERSION,
     TERMINAL_EVENTS,
     CancelRequested,
+    CarriedMessage,
     ChildFinished,
     ChildStarted,
     ErrorInfo,
