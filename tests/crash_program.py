@@ -352,9 +352,7 @@ async def _execute(
             result.history_at_crash = await store.read_history(run_id)
             result.executions_at_crash = collections.Counter(EXECUTIONS)
             await backend.expire(backend.lease_seconds)
-            second_store = await backend.open_store()
-            stores[id(second_store)] = second_store
-            second = _worker(second_store, backend)
+            second = _worker(store, backend)  # a new worker on the test's own store: one connection pool less
             second_task = asyncio.create_task(second.run())
             result.run = await done
             await second.shutdown(5.0)
