@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from functools import cache
 
-FINISHED = "('completed', 'failed', 'cancelled')"
+FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 """SQL list of the statuses of finished runs (``history.FINISHED_STATUSES``)."""
 
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
-    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id"
+    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
+    "continued_from"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_postgres``)."""
 
@@ -46,8 +47,8 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name) VALUES ($1,
 CREATE_RUN = f"""
 WITH run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at)
-    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7)
+                              parent_id, wake_at, continued_from)
+    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9)
     ON CONFLICT (id) DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), started AS (
@@ -127,15 +128,19 @@ CROSS JOIN LATERAL (
 ) h
 ORDER BY c.priority DESC, c.sort_at, c.created_at, c.id"""
 
-# Apply a batch of appends (distinct run ids) in one statement, so one round trip and one commit. Each item is
-# fenced on its lease and next_seq; an item whose fence fails matches no row, inserts no event, and does not
-# disturb the others. Returns the ids of the runs updated. Arrays: $1-$10 one element per item, $11-$15 one
-# per event. The row update mirrors MemoryStore._apply.
-APPEND = f"""
+
+def _append(full: bool) -> str:
+    """The text of ``APPEND`` (``full=False``) or ``APPEND_FULL`` (``full=True``)."""
+    state_array = ", $16::bytea[]" if full else ""
+    state_column = ", state" if full else ""
+    state_set = ",\n        state = coalesce(i.state, r.state)" if full else ""
+    returning = "r.id, r.parent_id, r.finished_at" if full else "r.id"
+    unleased = f"CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL"
+    return f"""
 WITH item AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::integer[], $6::text[],
-                         $7::bytea[], $8::json[], $9::timestamptz[], $10::boolean[])
-        AS t(run_id, worker_id, epoch, first_seq, n_events, status, result, error, wake_at, release)
+                         $7::bytea[], $8::json[], $9::timestamptz[], $10::boolean[]{state_array})
+        AS t(run_id, worker_id, epoch, first_seq, n_events, status, result, error, wake_at, release{state_column})
 ), applied AS (
     UPDATE durable_runs r
     SET status = coalesce(i.status, r.status),
@@ -146,21 +151,74 @@ WITH item AS (
         error = coalesce(i.error, r.error),
         finished_at = CASE WHEN i.status IN {FINISHED} THEN now() ELSE r.finished_at END,
         wake_at = CASE WHEN i.status IN {FINISHED} THEN NULL ELSE i.wake_at END,
-        lease_owner = CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL ELSE r.lease_owner END,
-        lease_expires_at = CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL ELSE r.lease_expires_at END
+        lease_owner = {unleased} ELSE r.lease_owner END,
+        lease_expires_at = {unleased} ELSE r.lease_expires_at END{state_set}
     FROM item i
     WHERE r.id = ANY($1::text[])  -- repeated for the planner: an index scan of the keys, whatever the statistics
       AND r.id = i.run_id AND r.lease_owner = i.worker_id AND r.lease_epoch = i.epoch
       AND r.lease_expires_at > now() AND r.next_seq = i.first_seq
-    RETURNING r.id
+    RETURNING {returning}
 ), inserted AS (
     INSERT INTO durable_events (run_id, seq, at, type, data)
     SELECT e.run_id, e.seq, e.at, e.type, e.data
     FROM unnest($11::text[], $12::integer[], $13::timestamptz[], $14::text[], $15::bytea[])
         AS e(run_id, seq, at, type, data)
     WHERE e.run_id IN (SELECT id FROM applied)
-)
+){_FULL if full else _LEAN}"""
+
+
+_LEAN = """
 SELECT id FROM applied"""
+
+_FULL = """, consumed AS (
+    UPDATE durable_inbox m SET consumed_at = now()
+    FROM unnest($17::text[], $18::bigint[]) AS c(run_id, id)
+    WHERE m.id = c.id AND m.run_id = c.run_id AND m.consumed_at IS NULL AND c.run_id IN (SELECT id FROM applied)
+), opened AS (
+    INSERT INTO durable_inputs (run_id, key, prompt, spec, created_at, workflow, timeout_at)
+    SELECT o.run_id, o.key, o.prompt, o.spec, o.created_at, o.workflow, o.timeout_at
+    FROM unnest($19::text[], $20::text[], $21::text[], $22::bytea[], $23::timestamptz[], $24::text[],
+                $25::timestamptz[]) AS o(run_id, key, prompt, spec, created_at, workflow, timeout_at)
+    WHERE o.run_id IN (SELECT id FROM applied)
+    ON CONFLICT (run_id, key) DO UPDATE  -- asked again: the new question (an answer already given stays given)
+    SET prompt = excluded.prompt, spec = excluded.spec, created_at = excluded.created_at,
+        workflow = excluded.workflow, timeout_at = excluded.timeout_at
+), closed AS (
+    DELETE FROM durable_inputs d
+    USING unnest($26::text[], $27::text[]) AS c(run_id, key)
+    WHERE d.run_id = c.run_id AND d.key = c.key AND d.provided_at IS NULL AND c.run_id IN (SELECT id FROM applied)
+), parents AS (
+    -- Lock the parents of finishing runs (in id order: two batches never take them in opposite orders) before
+    -- the trigger durable_runs_finished messages them. Holding the lock until commit is what makes a parent's
+    -- concurrent release see the message (durable_runs_released) or this statement see the release.
+    SELECT p.id, p.finished_at FROM durable_runs p
+    WHERE p.id IN (SELECT parent_id FROM applied WHERE finished_at IS NOT NULL)
+    ORDER BY p.id
+    FOR UPDATE
+)
+SELECT a.id,
+       CASE WHEN a.finished_at IS NOT NULL
+                 AND (EXISTS (SELECT FROM parents p WHERE p.id = a.parent_id AND p.finished_at IS NULL)
+                      -- a parent in this batch is not in "parents" (rows this statement updates are skipped)
+                      OR EXISTS (SELECT FROM applied b WHERE b.id = a.parent_id AND b.finished_at IS NULL))
+            THEN a.parent_id END
+FROM applied a"""
+
+# Apply a batch of appends (distinct run ids) in one statement, so one round trip and one commit. Each item is
+# fenced on its lease and next_seq; an item whose fence fails matches no row, inserts no event, and does not
+# disturb the others. Returns the ids of the runs updated. Arrays: $1-$10 one element per item, $11-$15 one per
+# event. The row update mirrors MemoryStore._apply; a release of a run with unconsumed messages is made ready by
+# the trigger durable_runs_released (0002_waiting.sql). For batches where no item finishes or changes the side
+# tables: the common step append.
+APPEND = _append(full=False)
+
+# APPEND for a batch in which some item finishes or changes the side tables (MemoryStore._apply_side_tables):
+# $16 the items' new states; $17-$18 the inbox messages consumed (run id, message id); $19-$25 the inputs opened
+# (run id, key, prompt, spec, created_at, workflow, timeout_at); $26-$27 the inputs closed (run id, key). Only
+# items that pass their fence change anything. What finishing does (close inputs, message the parent) is done by
+# the trigger durable_runs_finished. Returns each updated run's id with the id of the parent that gets a "child"
+# message (NULL: none), for the local hub.
+APPEND_FULL = _append(full=True)
 
 # Why appends were refused: each run's lease and next_seq as they are now.
 FENCES = """
@@ -168,7 +226,7 @@ SELECT id, lease_owner, lease_epoch, lease_expires_at > now() AS live, next_seq
 FROM durable_runs WHERE id = ANY($1::text[])"""
 
 # Extend the leases worker $1 still holds (run ids $2 with epochs $3) by $4 seconds; return them with any
-# pending cancellation.
+# pending cancellation and whether they have unconsumed inbox messages.
 HEARTBEAT = """
 WITH held AS (
     SELECT * FROM unnest($2::text[], $3::bigint[]) AS t(run_id, epoch)
@@ -178,7 +236,8 @@ SET lease_expires_at = now() + make_interval(secs => $4)
 FROM held h
 WHERE r.id = ANY($2::text[])  -- repeated for the planner: an index scan of the keys, whatever the statistics
   AND r.id = h.run_id AND r.lease_owner = $1 AND r.lease_epoch = h.epoch AND r.lease_expires_at > now()
-RETURNING r.id, r.cancel_reason"""
+RETURNING r.id, r.cancel_reason,
+          EXISTS (SELECT FROM durable_inbox m WHERE m.run_id = r.id AND m.consumed_at IS NULL)"""
 
 # Record a cancellation request on an unfinished run and make it ready now; no row if missing or finished.
 REQUEST_CANCEL = f"""
@@ -199,6 +258,76 @@ NEXT_WAKE_AT = f"""
 SELECT wake_at FROM durable_runs
 WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL AND workflow = ANY($1::text[])
 ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+
+# --- waiting on the world (inbox, inputs, children) ----------------------------------------------------------
+
+_MESSAGE = "id, run_id, kind, name, payload, sent_at"
+
+# Put a message in unfinished run $1's inbox and make the run ready now if it is unleased; no row if the run is
+# missing or finished. The run's row is locked first, so a run finishing meanwhile is seen finished.
+SEND_MESSAGE = f"""
+WITH run AS (
+    SELECT id, lease_owner IS NULL AS unleased FROM durable_runs
+    WHERE id = $1 AND status NOT IN {FINISHED}
+    FOR UPDATE
+), message AS (
+    INSERT INTO durable_inbox (run_id, kind, name, payload, sent_at)
+    SELECT id, $2, $3, $4, now() FROM run
+    RETURNING {_MESSAGE}
+), woken AS (
+    UPDATE durable_runs r SET wake_at = NULL, updated_at = now()
+    FROM run WHERE r.id = run.id AND run.unleased
+)
+SELECT {_MESSAGE} FROM message"""
+
+# A run's unconsumed messages, oldest first.
+READ_INBOX = f"SELECT {_MESSAGE} FROM durable_inbox WHERE run_id = $1 AND consumed_at IS NULL ORDER BY id"
+
+# Lock run $1's row for provide_input (in its transaction) and return its status (no row: no such run). Every
+# change to a run's inputs locks the run's row first (appends update it, provide_input locks it here), so two
+# answers are serialized and the statements after this one see the inputs as they stay until commit.
+LOCK_RUN = "SELECT status FROM durable_runs WHERE id = $1 FOR UPDATE"
+
+# Whether run $1's input $2 was provided already (no row: the run does not wait for it).
+INPUT_PROVIDED = "SELECT provided_at IS NOT NULL FROM durable_inputs WHERE run_id = $1 AND key = $2"
+
+# Mark run $1's open input $2 provided, put the answer $3 in the run's inbox, and make the run ready now if it
+# is unleased (its row is locked by LOCK_RUN). No row if the input is not open.
+PROVIDE_INPUT = f"""
+WITH provided AS (
+    UPDATE durable_inputs SET provided_at = now()
+    WHERE run_id = $1 AND key = $2 AND provided_at IS NULL
+    RETURNING run_id, key
+), message AS (
+    INSERT INTO durable_inbox (run_id, kind, name, payload, sent_at)
+    SELECT run_id, 'input', key, $3, now() FROM provided
+    RETURNING {_MESSAGE}
+), woken AS (
+    UPDATE durable_runs SET wake_at = NULL, updated_at = now()
+    WHERE id = $1 AND lease_owner IS NULL AND EXISTS (SELECT FROM provided)
+)
+SELECT {_MESSAGE} FROM message"""
+
+
+@cache
+def list_pending_inputs(by_run: bool, by_workflow: bool) -> str:
+    """Open inputs (not provided; closed ones and a finished run's are deleted), oldest first; ``$1`` is the
+    row limit. One statement per combination of filters, like ``list_runs``."""
+    where, args = ["provided_at IS NULL"], 1
+    if by_run:
+        args += 1
+        where.append(f"run_id = ${args}")
+    if by_workflow:
+        args += 1
+        where.append(f"workflow = ${args}")
+    return (
+        f"SELECT run_id, key, prompt, spec, created_at, workflow, timeout_at FROM durable_inputs "
+        f"WHERE {' AND '.join(where)} ORDER BY created_at, run_id, key LIMIT $1"
+    )
+
+
+# The runs started by run $1, oldest first.
+LIST_CHILDREN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE parent_id = $1 ORDER BY created_at, id"
 
 # --- workers -------------------------------------------------------------------------------------------------
 
@@ -221,3 +350,6 @@ WORK_CHANNEL = "durable_work"
 
 FINISHED_CHANNEL = "durable_finished"
 """NOTIFY channel: a run finished (payload: its id). Sent by the triggers of 0001_init.sql."""
+
+MESSAGE_CHANNEL = "durable_message"
+"""NOTIFY channel: a run got an inbox message (payload: its id). Sent by the trigger of 0002_waiting.sql."""

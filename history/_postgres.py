@@ -6,11 +6,20 @@ each once per pooled connection. Round trips per call, the number the engine's s
 * ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id, the existing row);
 * ``claim``: 1 (lease the runs and return them with their whole histories, as arrays);
 * ``append``: 1 per batch however many runs it covers (one statement, one commit), plus 1 to explain refusals;
-* ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1.
+  items that finish a run, consume messages, publish state or open/close inputs use a larger statement, still
+  one;
+* ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1;
+* ``send_message``, ``read_inbox``, ``list_pending_inputs``, ``list_children``: 1 (plus 1 to explain a refusal);
+* ``provide_input``: 4 (a transaction: lock the run, answer, commit), at human rates.
 
-NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``) in the committing transaction, so every
-writer, in any process, wakes every listener. The writing process also wakes its own hub right after commit and
-ignores the echo of its own NOTIFYs (recognised by the sending backend's pid).
+What happens when a run finishes (its inputs close; an unfinished parent gets a "child" message and is woken),
+and the wake-up of a run released to sleep with unread messages, are done by the triggers
+``durable_runs_finished`` and ``durable_runs_released`` (``migrations/postgres/0002_waiting.sql``) inside the
+append statement, so an append stays one round trip.
+
+NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``) in the committing
+transaction, so every writer, in any process, wakes every listener. The writing process also wakes its own hub
+right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's pid).
 """
 
 from __future__ import annotations
@@ -26,27 +35,45 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 from . import _pg_queries as q
 from ._codec import decode_event, encode_event, event_type
 from ._cursor import decode_cursor, encode_cursor
-from ._errors import DatabaseUnavailable, DurableError, RunNotFound, SchemaError, StoreError
-from ._events import RecordedEvent, RunStarted
+from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
+from ._events import RecordedEvent
 from ._notify import Hub
-from ._records import FINISHED_STATUSES, Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
+from ._records import (
+    FINISHED_STATUSES,
+    Append,
+    Claim,
+    Heartbeat,
+    Message,
+    NewRun,
+    PendingInput,
+    RunPage,
+    RunRecord,
+)
 from ._sql import (
+    check_finished_list,
     check_not_newer,
     decode_error,
     encode_error,
     history_conflict,
+    input_already_provided,
+    input_not_pending,
     lease_lost,
     load_migrations,
     redact_url,
+    run_already_finished,
+    run_not_found,
+    side_inputs,
 )
 
 log = logging.getLogger("durable.history")
 
 _T = TypeVar("_T")
 _RUN_WIDTH = len(RunRecord.__struct_fields__)
+_DEADLOCK_RETRIES = 5
 _ERROR_COLUMN = RunRecord.__struct_fields__.index("error")
 if tuple(q.RUN_COLUMNS.split(", ")) != RunRecord.__struct_fields__:  # rows are turned into records by position
     raise ImportError("history._pg_queries.RUN_COLUMNS is out of step with the fields of RunRecord")
+check_finished_list(q.FINISHED, "history._pg_queries.FINISHED")
 
 # Sent in the startup packet (no extra round trip). JIT off: every statement here is a short OLTP one, and a JIT
 # compile triggered by a large cost estimate would add tens of milliseconds to a claim.
@@ -254,6 +281,7 @@ class PostgresStore:
         try:
             await conn.add_listener(q.WORK_CHANNEL, self._on_notify)
             await conn.add_listener(q.FINISHED_CHANNEL, self._on_notify)
+            await conn.add_listener(q.MESSAGE_CHANNEL, self._on_notify)
         except BaseException:
             await conn.close()
             raise
@@ -265,6 +293,8 @@ class PostgresStore:
             return
         if channel == q.FINISHED_CHANNEL:
             self.hub.notify_finished(payload)
+        elif channel == q.MESSAGE_CHANNEL:
+            self.hub.notify_message(payload)
         else:
             self.hub.notify_work()
 
@@ -294,13 +324,10 @@ class PostgresStore:
 
     async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
         """Create the run with ``RunStarted`` as event 1, or return the existing run with that id."""
-        started = RunStarted(
-            workflow=new.workflow, input=new.input, run_id=new.id, random_seed=new.random_seed,
-            parent_id=new.parent_id,
-        )  # fmt: skip
+        started = new.started_event()
         row = await self._db.fetchrow(
             q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-            new.wake_at, encode_event(started),
+            new.wake_at, encode_event(started), new.continued_from,
         )  # fmt: skip
         if row is None:
             existing = await self.get_run(new.id)
@@ -383,8 +410,13 @@ class PostgresStore:
         self, batch: Sequence[Append], indexes: list[int], outcomes: list[Exception | None]
     ) -> None:
         items = [batch[i] for i in indexes]
+        args = _append_args(items)
+        full = any(_is_full(item) for item in items)
+        if full:
+            args += _full_args(items)
         async with self._db.acquire() as conn:
-            applied = {row[0] for row in await conn.fetch(q.APPEND, *_append_args(items))}
+            # run id -> the parent that got a "child" message (None: none)
+            applied = await self._apply_appends(conn, q.APPEND_FULL if full else q.APPEND, args)
             refused = [item for item in items if item.run_id not in applied]
             fences = {}
             if refused:
@@ -395,19 +427,42 @@ class PostgresStore:
                 outcomes[index] = _refusal(item, fences.get(item.run_id))
             elif item.status in FINISHED_STATUSES:
                 self.hub.notify_finished(item.run_id)
+                parent_id = applied[item.run_id]
+                if parent_id is not None:
+                    self.hub.notify_message(parent_id)
             elif item.release:
                 wake = True
         if wake:
             self.hub.notify_work()
 
+    @staticmethod
+    async def _apply_appends(conn: Any, sql: str, args: list[list[Any]]) -> dict[str, str | None]:
+        """Run ``APPEND``/``APPEND_FULL``; return the applied run ids, each with the parent it messaged.
+
+        A deadlock is retried: the statement rolled back whole. Finishing appends lock the parents they message
+        (in id order) after their own runs, so two batches whose runs are each other's children's parents can
+        deadlock; PostgreSQL breaks it after ``deadlock_timeout`` by failing one of them.
+        """
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                rows = await conn.fetch(sql, *args)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                log.info("an append batch deadlocked with another (parents and children); retrying it")
+                continue
+            return {row[0]: row[1] if len(row) > 1 else None for row in rows}
+        raise AssertionError("unreachable")
+
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
-        """Extend the leases still held; report lost ones and requested cancellations."""
+        """Extend the leases still held; report lost ones, requested cancellations and held runs with messages."""
         if not leases:
             return Heartbeat(lost=frozenset(), cancels={})
         rows = await self._db.fetch(q.HEARTBEAT, worker_id, list(leases), list(leases.values()), float(lease_seconds))
-        held = {run_id: reason for run_id, reason in rows}
+        held = {run_id: reason for run_id, reason, _ in rows}
         cancels = {run_id: reason for run_id, reason in held.items() if reason is not None}
-        return Heartbeat(lost=frozenset(leases.keys() - held.keys()), cancels=cancels)
+        messages = frozenset(run_id for run_id, _, has_messages in rows if has_messages)
+        return Heartbeat(lost=frozenset(leases.keys() - held.keys()), cancels=cancels, messages=messages)
 
     async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
         """Record a cancellation request; a sleeping run becomes ready now. A finished run is returned as is."""
@@ -415,7 +470,7 @@ class PostgresStore:
         if row is None:
             run = await self.get_run(run_id)
             if run is None:
-                raise RunNotFound(f"no run with id {run_id!r}")
+                raise run_not_found(run_id)
             return run
         self.hub.notify_work()
         return _run(row)
@@ -443,6 +498,69 @@ class PostgresStore:
     async def known_workflows(self) -> set[str]:
         """Every name any worker registered."""
         return {row[0] for row in await self._db.fetch(q.KNOWN_WORKFLOWS)}
+
+    # --- waiting on the world ---------------------------------------------------------------------------------
+
+    async def send_message(self, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+        """Put a message in the run's inbox and wake the run (an unleased run becomes ready at once).
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunAlreadyFinished: the run has finished.
+        """
+        row = await self._db.fetchrow(q.SEND_MESSAGE, run_id, kind, name, payload)
+        if row is None:
+            run = await self.get_run(run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            if run.finished:
+                raise run_already_finished(run_id, run.status)
+            return await self.send_message(run_id, kind, name, payload)  # created since: send again
+        self.hub.notify_message(run_id)
+        return Message(*row)
+
+    async def read_inbox(self, run_id: str) -> list[Message]:
+        """The run's unconsumed messages, oldest first."""
+        return [Message(*row) for row in await self._db.fetch(q.READ_INBOX, run_id)]
+
+    async def list_pending_inputs(
+        self, *, run_id: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[PendingInput]:
+        """Open inputs of unfinished runs (asked, not provided, not closed), oldest first."""
+        args: list[Any] = [max(limit, 0)]
+        if run_id is not None:
+            args.append(run_id)
+        if workflow is not None:
+            args.append(workflow)
+        sql = q.list_pending_inputs(run_id is not None, workflow is not None)
+        return [PendingInput(*row) for row in await self._db.fetch(sql, *args)]
+
+    async def provide_input(self, run_id: str, key: str, payload: bytes) -> Message:
+        """Answer an open input: mark it provided and put the answer in the run's inbox, in one transaction.
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunAlreadyFinished: the run has finished.
+            InputAlreadyProvided: the input was answered already (of two concurrent answers, one wins).
+            InputNotPending: the run does not wait for an input with this key.
+        """
+        async with self._db.acquire() as conn, conn.transaction():
+            status = await conn.fetchval(q.LOCK_RUN, run_id)
+            if status is None:
+                raise run_not_found(run_id)
+            if status in FINISHED_STATUSES:
+                raise run_already_finished(run_id, status)
+            row = await conn.fetchrow(q.PROVIDE_INPUT, run_id, key, payload)
+            if row is None:
+                if await conn.fetchval(q.INPUT_PROVIDED, run_id, key):
+                    raise input_already_provided(run_id, key)
+                raise input_not_pending(run_id, key)
+        self.hub.notify_message(run_id)
+        return Message(*row)
+
+    async def list_children(self, parent_id: str) -> list[RunRecord]:
+        """Runs whose ``parent_id`` is ``parent_id``, oldest first."""
+        return [_run(row) for row in await self._db.fetch(q.LIST_CHILDREN, parent_id)]
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -473,6 +591,38 @@ def _append_args(items: Sequence[Append]) -> list[list[Any]]:
             e_ats.append(item.at)
             e_types.append(event_type(event))
             e_datas.append(encode_event(event))
+    return columns
+
+
+def _is_full(item: Append) -> bool:
+    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run or changes more than the run's row and events."""
+    return (
+        item.status in FINISHED_STATUSES
+        or item.state is not None
+        or bool(item.consumed or item.open_inputs or item.close_inputs)
+    )
+
+
+def _full_args(items: Sequence[Append]) -> list[list[Any]]:
+    """The twelve arrays ``APPEND_FULL`` adds: states (one per item), consumed messages, opened and closed inputs."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    (states, c_runs, c_ids, o_runs, o_keys, o_prompts, o_specs, o_created, o_workflows, o_timeouts,
+     x_runs, x_keys) = columns  # fmt: skip
+    for item in items:
+        states.append(item.state)
+        c_runs += [item.run_id] * len(item.consumed)
+        c_ids += item.consumed
+        opened, closed = side_inputs(item)
+        for pending in opened:
+            o_runs.append(item.run_id)
+            o_keys.append(pending.key)
+            o_prompts.append(pending.prompt)
+            o_specs.append(pending.spec)
+            o_created.append(pending.created_at)
+            o_workflows.append(pending.workflow)
+            o_timeouts.append(pending.timeout_at)
+        x_runs += [item.run_id] * len(closed)
+        x_keys += closed
     return columns
 
 

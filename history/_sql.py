@@ -9,8 +9,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from ._errors import HistoryConflict, LeaseLost, SchemaError
+from ._errors import (
+    HistoryConflict,
+    InputAlreadyProvided,
+    InputNotPending,
+    LeaseLost,
+    RunAlreadyFinished,
+    RunNotFound,
+    SchemaError,
+)
 from ._events import ErrorInfo
+from ._records import FINISHED_STATUSES, Append, PendingInput
 
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _encoder = msgspec.json.Encoder()
@@ -58,6 +67,42 @@ def lease_lost(run_id: str) -> LeaseLost:
 def history_conflict(run_id: str, first_seq: int, next_seq: int) -> HistoryConflict:
     """The error of an append that does not start at the history's next sequence number."""
     return HistoryConflict(f"run {run_id!r}: append at event {first_seq} but the history's next event is {next_seq}")
+
+
+def run_not_found(run_id: str) -> RunNotFound:
+    """The error of an operation on a run id that names no run."""
+    return RunNotFound(f"no run with id {run_id!r}")
+
+
+def run_already_finished(run_id: str, status: str) -> RunAlreadyFinished:
+    """The error of a message or an input sent to a finished run (the same words as ``MemoryStore``)."""
+    return RunAlreadyFinished(f"run {run_id!r} has {status}; it takes no more events or input")
+
+
+def input_already_provided(run_id: str, key: str) -> InputAlreadyProvided:
+    """The error of a second answer to an input."""
+    return InputAlreadyProvided(f"input {key!r} of run {run_id!r} was provided already")
+
+
+def input_not_pending(run_id: str, key: str) -> InputNotPending:
+    """The error of an answer to an input the run does not wait for."""
+    return InputNotPending(f"run {run_id!r} does not wait for an input named {key!r}")
+
+
+def side_inputs(item: Append) -> tuple[list[PendingInput], list[str]]:
+    """The inputs ``item`` opens and closes, as one statement each can apply them: ``MemoryStore`` opens (the
+    last of one key wins) and then closes, so a key both opened and closed is only closed, and each key once."""
+    closed = list(dict.fromkeys(item.close_inputs))
+    opened = {pending.key: pending for pending in item.open_inputs}
+    for key in closed:
+        opened.pop(key, None)
+    return list(opened.values()), closed
+
+
+def check_finished_list(sql_list: str, where: str) -> None:
+    """Refuse (at import) a SQL list of finished statuses that is out of step with ``FINISHED_STATUSES``."""
+    if set(re.findall(r"'([a-z]+)'", sql_list)) != FINISHED_STATUSES:
+        raise ImportError(f"{where} is out of step with history.FINISHED_STATUSES")
 
 
 def encode_error(error: ErrorInfo | None) -> str | None:

@@ -6,8 +6,8 @@ URLs: ``sqlite:///relative/path.db`` (relative to the current directory), ``sqli
 ``sqlite3`` blocks, so each store owns one background thread with its own connection; every call is a function
 submitted to that thread and awaited, and the event loop never waits on the disk. The file is in WAL mode with
 a busy timeout, so several processes can share it: writes take the lock up front (``BEGIN IMMEDIATE``) and are
-serialized, reads run beside them. Wake-ups reach this process's hub only; other processes see changes when
-they poll, which workers and waiters do anyway.
+serialized, reads run beside them. Wake-ups (work, finished runs, inbox messages) reach this process's hub only;
+other processes see changes when they poll, which workers and waiters do anyway.
 """
 
 from __future__ import annotations
@@ -26,11 +26,36 @@ import msgspec
 from . import _sqlite_queries as q
 from ._codec import decode_event, encode_event, event_type
 from ._cursor import decode_cursor, encode_cursor
-from ._errors import DatabaseUnavailable, DurableError, RunNotFound, SchemaError
-from ._events import RecordedEvent, RunStarted
+from ._errors import DatabaseUnavailable, DurableError, SchemaError
+from ._events import RecordedEvent
 from ._notify import Hub
-from ._records import FINISHED_STATUSES, Append, Claim, Heartbeat, NewRun, RunPage, RunRecord
-from ._sql import Migration, check_not_newer, decode_error, encode_error, history_conflict, lease_lost, load_migrations
+from ._records import (
+    FINISHED_STATUSES,
+    Append,
+    Claim,
+    Heartbeat,
+    Message,
+    NewRun,
+    PendingInput,
+    RunPage,
+    RunRecord,
+    child_outcome,
+)
+from ._sql import (
+    Migration,
+    check_finished_list,
+    check_not_newer,
+    decode_error,
+    encode_error,
+    history_conflict,
+    input_already_provided,
+    input_not_pending,
+    lease_lost,
+    load_migrations,
+    run_already_finished,
+    run_not_found,
+    side_inputs,
+)
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -44,6 +69,7 @@ _TIME_COLUMNS = tuple(
 _json = msgspec.json.Encoder()
 if tuple(q.RUN_COLUMNS.split(", ")) != _FIELDS:  # rows are turned into records by position
     raise ImportError("history._sqlite_queries.RUN_COLUMNS is out of step with the fields of RunRecord")
+check_finished_list(q.FINISHED, "history._sqlite_queries.FINISHED")
 
 
 def sqlite_path(url: str) -> str:
@@ -73,6 +99,10 @@ def _us_or_none(moment: datetime | None) -> int | None:
 
 def _time(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
+
+
+def _time_or_none(us: int | None) -> datetime | None:
+    return None if us is None else _time(us)
 
 
 def _now_us() -> int:
@@ -308,14 +338,11 @@ class SqliteStore:
         row = db.execute(
             q.CREATE_RUN,
             (new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-             _us_or_none(new.wake_at), now),
+             _us_or_none(new.wake_at), now, new.continued_from),
         ).fetchone()  # fmt: skip
         if row is None:
             return _run(db.execute(q.GET_RUN, (new.id,)).fetchone()), False
-        started = RunStarted(
-            workflow=new.workflow, input=new.input, run_id=new.id, random_seed=new.random_seed,
-            parent_id=new.parent_id,
-        )  # fmt: skip
+        started = new.started_event()
         db.execute(q.INSERT_EVENT, (new.id, 1, now, "run_started", encode_event(started)))
         return _run(row), True
 
@@ -393,7 +420,7 @@ class SqliteStore:
         """
         if not batch:
             return []
-        outcomes = await self._write(self._append, batch)
+        outcomes, messaged = await self._write(self._append, batch)
         wake = False
         for item, outcome in zip(batch, outcomes, strict=True):
             if outcome is not None:
@@ -402,20 +429,24 @@ class SqliteStore:
                 self.hub.notify_finished(item.run_id)
             elif item.release:
                 wake = True
+        for parent_id in messaged:
+            self.hub.notify_message(parent_id)
         if wake:
             self.hub.notify_work()
         return outcomes
 
     @staticmethod
-    def _append(db: sqlite3.Connection, now: int, batch: Sequence[Append]) -> list[Exception | None]:
+    def _append(db: sqlite3.Connection, now: int, batch: Sequence[Append]) -> tuple[list[Exception | None], list[str]]:
+        """Apply the batch; return the outcomes and the parents that got a "child" message."""
         outcomes: list[Exception | None] = []
+        messaged: list[str] = []
         for item in batch:
             finished = item.status in FINISHED_STATUSES
             updated = db.execute(
                 q.APPEND_RUN,
                 (item.status, len(item.events), now, item.result, encode_error(item.error), finished,
                  _us_or_none(item.wake_at), finished or item.release, item.run_id, item.worker_id, item.epoch,
-                 item.first_seq),
+                 item.first_seq, item.state),
             ).rowcount  # fmt: skip
             if updated != 1:
                 outcomes.append(_refusal(db, now, item))
@@ -426,11 +457,19 @@ class SqliteStore:
                 [(item.run_id, item.first_seq + offset, at, event_type(event), encode_event(event))
                  for offset, event in enumerate(item.events)],
             )  # fmt: skip
+            if item.consumed or item.open_inputs or item.close_inputs:
+                _apply_side_tables(db, now, item)
+            if item.release and item.wake_at is not None and not finished:
+                db.execute(q.WAKE_IF_MESSAGES, (item.run_id,))  # messages came while it was held: no sleep
+            if finished:
+                parent_id = _finish(db, now, item.run_id)
+                if parent_id is not None:
+                    messaged.append(parent_id)
             outcomes.append(None)
-        return outcomes
+        return outcomes, messaged
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
-        """Extend the leases still held; report lost ones and requested cancellations."""
+        """Extend the leases still held; report lost ones, requested cancellations and held runs with messages."""
         if not leases:
             return Heartbeat(lost=frozenset(), cancels={})
         return await self._write(self._heartbeat, worker_id, leases, round(lease_seconds * 1e6))
@@ -441,13 +480,18 @@ class SqliteStore:
     ) -> Heartbeat:
         lost: set[str] = set()
         cancels: dict[str, str] = {}
+        messages: set[str] = set()
         for run_id, epoch in leases.items():
             row = db.execute(q.HEARTBEAT, (worker_id, run_id, epoch, now + lease_us, now)).fetchone()
             if row is None:
                 lost.add(run_id)
-            elif row[0] is not None:
-                cancels[run_id] = row[0]
-        return Heartbeat(lost=frozenset(lost), cancels=cancels)
+                continue
+            cancel_reason, has_messages = row
+            if cancel_reason is not None:
+                cancels[run_id] = cancel_reason
+            if has_messages:
+                messages.add(run_id)
+        return Heartbeat(lost=frozenset(lost), cancels=cancels, messages=frozenset(messages))
 
     async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
         """Record a cancellation request; a sleeping run becomes ready now. A finished run is returned as is."""
@@ -463,7 +507,7 @@ class SqliteStore:
             return _run(row), True
         row = db.execute(q.GET_RUN, (run_id,)).fetchone()
         if row is None:
-            raise RunNotFound(f"no run with id {run_id!r}")
+            raise run_not_found(run_id)
         return _run(row), False
 
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
@@ -507,6 +551,123 @@ class SqliteStore:
 
     def _known_workflows(self) -> set[str]:
         return {row[0] for row in self._connection().execute(q.KNOWN_WORKFLOWS)}
+
+    # --- waiting on the world ---------------------------------------------------------------------------------
+
+    async def send_message(self, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+        """Put a message in the run's inbox and wake the run (an unleased run becomes ready at once).
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunAlreadyFinished: the run has finished.
+        """
+        message = await self._write(self._send_message, run_id, kind, name, payload)
+        self.hub.notify_message(run_id)
+        return message
+
+    @staticmethod
+    def _send_message(db: sqlite3.Connection, now: int, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+        _check_open(db, run_id)
+        return _put_message(db, now, run_id, kind, name, payload)
+
+    async def read_inbox(self, run_id: str) -> list[Message]:
+        """The run's unconsumed messages, oldest first."""
+        return await self._call(self._read_inbox, run_id)
+
+    def _read_inbox(self, run_id: str) -> list[Message]:
+        rows = self._connection().execute(q.READ_INBOX, (run_id,))
+        return [
+            Message(id_, run, kind, name, payload, _time(sent_at)) for id_, run, kind, name, payload, sent_at in rows
+        ]
+
+    async def list_pending_inputs(
+        self, *, run_id: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[PendingInput]:
+        """Open inputs of unfinished runs (asked, not provided, not closed), oldest first."""
+        args: list[Any] = [max(limit, 0)]
+        if run_id is not None:
+            args.append(run_id)
+        if workflow is not None:
+            args.append(workflow)
+        sql = q.list_pending_inputs(run_id is not None, workflow is not None)
+        return await self._call(self._list_pending_inputs, sql, args)
+
+    def _list_pending_inputs(self, sql: str, args: list[Any]) -> list[PendingInput]:
+        return [
+            PendingInput(run_id, key, prompt, spec, _time(created_at), workflow, _time_or_none(timeout_at))
+            for run_id, key, prompt, spec, created_at, workflow, timeout_at in self._connection().execute(sql, args)
+        ]
+
+    async def provide_input(self, run_id: str, key: str, payload: bytes) -> Message:
+        """Answer an open input: mark it provided and put the answer in the run's inbox, in one transaction.
+
+        Raises:
+            RunNotFound: no run has this id.
+            RunAlreadyFinished: the run has finished.
+            InputAlreadyProvided: the input was answered already (of two concurrent answers, one wins).
+            InputNotPending: the run does not wait for an input with this key.
+        """
+        message = await self._write(self._provide_input, run_id, key, payload)
+        self.hub.notify_message(run_id)
+        return message
+
+    @staticmethod
+    def _provide_input(db: sqlite3.Connection, now: int, run_id: str, key: str, payload: bytes) -> Message:
+        _check_open(db, run_id)
+        if db.execute(q.PROVIDE_INPUT, (run_id, key, now)).rowcount != 1:
+            provided = db.execute(q.INPUT_PROVIDED, (run_id, key)).fetchone()
+            if provided is not None and provided[0]:
+                raise input_already_provided(run_id, key)
+            raise input_not_pending(run_id, key)
+        return _put_message(db, now, run_id, "input", key, payload)
+
+    async def list_children(self, parent_id: str) -> list[RunRecord]:
+        """Runs whose ``parent_id`` is ``parent_id``, oldest first."""
+        return await self._call(self._list_children, parent_id)
+
+    def _list_children(self, parent_id: str) -> list[RunRecord]:
+        return [_run(row) for row in self._connection().execute(q.LIST_CHILDREN, (parent_id,))]
+
+
+def _check_open(db: sqlite3.Connection, run_id: str) -> None:
+    """Refuse a message or an input to a missing or finished run (inside the write transaction)."""
+    row = db.execute(q.RUN_STATUS, (run_id,)).fetchone()
+    if row is None:
+        raise run_not_found(run_id)
+    if row[0] in FINISHED_STATUSES:
+        raise run_already_finished(run_id, row[0])
+
+
+def _put_message(db: sqlite3.Connection, now: int, run_id: str, kind: str, name: str, payload: bytes) -> Message:
+    """Add a message to an unfinished run's inbox and make the run ready now if it is unleased."""
+    message_id = db.execute(q.PUT_MESSAGE, (run_id, kind, name, payload, now)).fetchone()[0]
+    db.execute(q.WAKE_FOR_MESSAGE, (run_id, now))
+    return Message(message_id, run_id, kind, name, payload, _time(now))
+
+
+def _apply_side_tables(db: sqlite3.Connection, now: int, item: Append) -> None:
+    """An applied append's inbox and input changes, in ``MemoryStore._apply_side_tables``' order."""
+    db.executemany(q.CONSUME_MESSAGE, [(item.run_id, message_id, now) for message_id in item.consumed])
+    opened, closed = side_inputs(item)
+    db.executemany(
+        q.OPEN_INPUT,
+        [(item.run_id, p.key, p.prompt, p.spec, _us(p.created_at), p.workflow, _us_or_none(p.timeout_at))
+         for p in opened],
+    )  # fmt: skip
+    db.executemany(q.CLOSE_INPUT, [(item.run_id, key) for key in closed])
+
+
+def _finish(db: sqlite3.Connection, now: int, run_id: str) -> str | None:
+    """Close a finished run's inputs; give its unfinished parent a "child" message. Returns that parent's id."""
+    db.execute(q.CLOSE_ALL_INPUTS, (run_id,))
+    run = _run(db.execute(q.GET_RUN, (run_id,)).fetchone())
+    if run.parent_id is None:
+        return None
+    parent = db.execute(q.RUN_STATUS, (run.parent_id,)).fetchone()
+    if parent is None or parent[0] in FINISHED_STATUSES:
+        return None
+    _put_message(db, now, run.parent_id, "child", run.id, child_outcome(run))
+    return run.parent_id
 
 
 def _refusal(db: sqlite3.Connection, now: int, item: Append) -> Exception:

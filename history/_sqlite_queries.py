@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from functools import cache
 
-FINISHED = "('completed', 'failed', 'cancelled')"
+FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 """SQL list of the statuses of finished runs (``history.FINISHED_STATUSES``)."""
 
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
-    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id"
+    "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
+    "continued_from"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_sqlite``)."""
 
@@ -37,11 +38,11 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name, applied_at)
 
 # --- runs ----------------------------------------------------------------------------------------------------
 
-# Create a run (?1 id … ?7 wake_at, ?8 now); no row when the id exists already.
+# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from); no row when the id exists already.
 CREATE_RUN = f"""
 INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                          parent_id, wake_at)
-VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7)
+                          parent_id, wake_at, continued_from)
+VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9)
 ON CONFLICT (id) DO NOTHING
 RETURNING {RUN_COLUMNS}"""
 
@@ -107,8 +108,8 @@ WHERE id = ?4
 RETURNING {RUN_COLUMNS}"""
 
 # Apply one append's row update if its fence holds: worker ?10 with epoch ?11 holds a live lease at time ?3 and
-# the history's next event is ?12. ?6 is "the run finishes", ?8 "the lease is given up". Mirrors
-# MemoryStore._apply.
+# the history's next event is ?12. ?6 is "the run finishes", ?8 "the lease is given up", ?13 the new state
+# (NULL: unchanged). Mirrors MemoryStore._apply.
 APPEND_RUN = """
 UPDATE durable_runs
 SET status = coalesce(?1, status),
@@ -120,17 +121,20 @@ SET status = coalesce(?1, status),
     finished_at = CASE WHEN ?6 THEN ?3 ELSE finished_at END,
     wake_at = CASE WHEN ?6 THEN NULL ELSE ?7 END,
     lease_owner = CASE WHEN ?8 THEN NULL ELSE lease_owner END,
-    lease_expires_at = CASE WHEN ?8 THEN NULL ELSE lease_expires_at END
+    lease_expires_at = CASE WHEN ?8 THEN NULL ELSE lease_expires_at END,
+    state = coalesce(?13, state)
 WHERE id = ?9 AND lease_owner = ?10 AND lease_epoch = ?11 AND lease_expires_at > ?3 AND next_seq = ?12"""
 
 # Why an append was refused: the run's lease and next_seq.
 FENCE = "SELECT lease_owner, lease_epoch, lease_expires_at, next_seq FROM durable_runs WHERE id = ?1"
 
-# Extend run ?2's lease to ?4 if worker ?1 holds it with epoch ?3 and it is live at ?5; returns any cancel request.
+# Extend run ?2's lease to ?4 if worker ?1 holds it with epoch ?3 and it is live at ?5; returns any cancel request
+# and whether the run has unconsumed inbox messages.
 HEARTBEAT = """
 UPDATE durable_runs SET lease_expires_at = ?4
 WHERE id = ?2 AND lease_owner = ?1 AND lease_epoch = ?3 AND lease_expires_at > ?5
-RETURNING cancel_reason"""
+RETURNING cancel_reason,
+          EXISTS (SELECT 1 FROM durable_inbox m WHERE m.run_id = durable_runs.id AND m.consumed_at IS NULL)"""
 
 # Record a cancellation request on an unfinished run and make it ready now; no row if missing or finished.
 REQUEST_CANCEL = f"""
@@ -151,6 +155,74 @@ SELECT wake_at FROM durable_runs
 WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL
   AND +workflow IN (SELECT value FROM json_each(?1))
 ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+
+# --- waiting on the world (inbox, inputs, children) ----------------------------------------------------------
+
+_MESSAGE = "id, run_id, kind, name, payload, sent_at"
+
+# A run's status, to refuse messages and input to a missing or finished run.
+RUN_STATUS = "SELECT status FROM durable_runs WHERE id = ?1"
+
+# Put a message (kind ?2, name ?3, payload ?4) in run ?1's inbox at time ?5; returns its id.
+PUT_MESSAGE = (
+    "INSERT INTO durable_inbox (run_id, kind, name, payload, sent_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id"
+)
+
+# Make run ?1 ready now (at time ?2) if it is unleased: it has a new message.
+WAKE_FOR_MESSAGE = "UPDATE durable_runs SET wake_at = NULL, updated_at = ?2 WHERE id = ?1 AND lease_owner IS NULL"
+
+# Run ?1, just released to sleep, is ready at once if it has unconsumed messages (they came while it was held).
+WAKE_IF_MESSAGES = """
+UPDATE durable_runs SET wake_at = NULL
+WHERE id = ?1 AND EXISTS (SELECT 1 FROM durable_inbox WHERE run_id = ?1 AND consumed_at IS NULL)"""
+
+# A run's unconsumed messages, oldest first.
+READ_INBOX = f"SELECT {_MESSAGE} FROM durable_inbox WHERE run_id = ?1 AND consumed_at IS NULL ORDER BY id"
+
+# Mark run ?1's message ?2 consumed at time ?3 (only a message of that run, once).
+CONSUME_MESSAGE = "UPDATE durable_inbox SET consumed_at = ?3 WHERE id = ?2 AND run_id = ?1 AND consumed_at IS NULL"
+
+# Run ?1 asks for input ?2 (prompt ?3, spec ?4, asked at ?5, workflow ?6, timeout ?7); asked again: the new
+# question (an answer already given stays given).
+OPEN_INPUT = """
+INSERT INTO durable_inputs (run_id, key, prompt, spec, created_at, workflow, timeout_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (run_id, key) DO UPDATE
+SET prompt = excluded.prompt, spec = excluded.spec, created_at = excluded.created_at, workflow = excluded.workflow,
+    timeout_at = excluded.timeout_at"""
+
+# Run ?1 no longer waits for input ?2 (a provided one stays, to refuse a second answer).
+CLOSE_INPUT = "DELETE FROM durable_inputs WHERE run_id = ?1 AND key = ?2 AND provided_at IS NULL"
+
+# Run ?1 finished: it waits for no input.
+CLOSE_ALL_INPUTS = "DELETE FROM durable_inputs WHERE run_id = ?1"
+
+# Whether run ?1's input ?2 was provided (no row: the run does not wait for it).
+INPUT_PROVIDED = "SELECT provided_at IS NOT NULL FROM durable_inputs WHERE run_id = ?1 AND key = ?2"
+
+# Mark run ?1's open input ?2 provided at time ?3.
+PROVIDE_INPUT = "UPDATE durable_inputs SET provided_at = ?3 WHERE run_id = ?1 AND key = ?2 AND provided_at IS NULL"
+
+
+@cache
+def list_pending_inputs(by_run: bool, by_workflow: bool) -> str:
+    """Open inputs (not provided; closed ones and a finished run's are deleted), oldest first; ``?1`` is the
+    row limit. One statement per combination of filters, like ``list_runs``."""
+    where, args = ["provided_at IS NULL"], 1
+    if by_run:
+        args += 1
+        where.append(f"run_id = ?{args}")
+    if by_workflow:
+        args += 1
+        where.append(f"workflow = ?{args}")
+    return (
+        f"SELECT run_id, key, prompt, spec, created_at, workflow, timeout_at FROM durable_inputs "
+        f"WHERE {' AND '.join(where)} ORDER BY created_at, run_id, key LIMIT ?1"
+    )
+
+
+# The runs started by run ?1, oldest first.
+LIST_CHILDREN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE parent_id = ?1 ORDER BY created_at, id"
 
 # --- workers -------------------------------------------------------------------------------------------------
 

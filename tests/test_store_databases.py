@@ -19,6 +19,9 @@ from history import COMPLETED, DatabaseUnavailable, DurableError, RunCompleted, 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, raw, start, step
 
+VERSIONS = [1, 2]
+"""Every schema version shipped (``history/migrations/<dialect>/NNNN_*.sql``), the same for both databases."""
+
 
 class opened:
     """``async with opened(url) as store``: a store opened for the block (another "process" on a database)."""
@@ -202,7 +205,7 @@ async def test_postgres_migrations_run_once_however_many_processes_open_at_once(
         assert await PostgresStore(url).upgrade() == []
         conn = await asyncpg.connect(url)
         try:
-            assert [r[0] for r in await conn.fetch("SELECT version FROM durable_schema_version")] == [1]
+            assert [r[0] for r in await conn.fetch("SELECT version FROM durable_schema_version")] == VERSIONS
             await conn.execute("INSERT INTO durable_schema_version (version, name) VALUES (99, 'future')")
         finally:
             await conn.close()
@@ -222,7 +225,7 @@ async def test_postgres_upgrade_applies_and_reports_versions(postgres_server_url
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = with_database(postgres_server_url, name)
-        assert await PostgresStore(url).upgrade() == [1]
+        assert await PostgresStore(url).upgrade() == VERSIONS
         assert await PostgresStore(url).upgrade() == []
         foreign = with_database(postgres_server_url, name + "_x")
         await admin.execute(f'CREATE DATABASE "{name}_x"')
@@ -247,10 +250,10 @@ async def test_sqlite_migrations_are_safe_to_race_and_refuse_a_newer_schema(tmp_
     finally:
         await asyncio.gather(*(s.close() for s in stores))
     assert await SqliteStore(url).upgrade() == []
-    assert await SqliteStore(f"sqlite:///{tmp_path / 'fresh.db'}").upgrade() == [1]
+    assert await SqliteStore(f"sqlite:///{tmp_path / 'fresh.db'}").upgrade() == VERSIONS
     db = sqlite3.connect(tmp_path / "d.db")
     with db:
-        assert db.execute("SELECT version FROM durable_schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM durable_schema_version").fetchall() == [(v,) for v in VERSIONS]
         db.execute("INSERT INTO durable_schema_version VALUES (7, 'future', 0)")
     db.close()
     with pytest.raises(SchemaError, match="newer than this version of Durable"):
