@@ -190,7 +190,10 @@ class WorldDriver:
         ]
         if opened:
             update["open_inputs"] = opened
-        closed = instance.take_closed_inputs()
+        asked = {event.key: event.command_id for event in events if isinstance(event, InputRequested)}
+        # The store opens before it closes: a close of an earlier question whose key is asked again in this same
+        # append must not remove the new question.
+        closed = [key for key, cid in instance.take_closed_inputs() if asked.get(key, cid) <= cid]
         if closed:
             update["close_inputs"] = closed
         if instance.state_changed:

@@ -237,6 +237,7 @@ class MemoryStore:
                 del self._inbox[message_id]
         for pending in item.open_inputs:
             self._inputs[(run.id, pending.key)] = pending
+            self._provided.discard((run.id, pending.key))  # asked again (a loop): open to a new answer
         for key in item.close_inputs:
             self._inputs.pop((run.id, key), None)
         if run.finished:

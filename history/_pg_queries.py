@@ -180,9 +180,9 @@ _FULL = """, consumed AS (
     FROM unnest($19::text[], $20::text[], $21::text[], $22::bytea[], $23::timestamptz[], $24::text[],
                 $25::timestamptz[]) AS o(run_id, key, prompt, spec, created_at, workflow, timeout_at)
     WHERE o.run_id IN (SELECT id FROM applied)
-    ON CONFLICT (run_id, key) DO UPDATE  -- asked again: the new question (an answer already given stays given)
+    ON CONFLICT (run_id, key) DO UPDATE  -- asked again (a loop): a new question, open to a new answer
     SET prompt = excluded.prompt, spec = excluded.spec, created_at = excluded.created_at,
-        workflow = excluded.workflow, timeout_at = excluded.timeout_at
+        workflow = excluded.workflow, timeout_at = excluded.timeout_at, provided_at = NULL
 ), closed AS (
     DELETE FROM durable_inputs d
     USING unnest($26::text[], $27::text[]) AS c(run_id, key)

@@ -183,13 +183,13 @@ READ_INBOX = f"SELECT {_MESSAGE} FROM durable_inbox WHERE run_id = ?1 AND consum
 CONSUME_MESSAGE = "UPDATE durable_inbox SET consumed_at = ?3 WHERE id = ?2 AND run_id = ?1 AND consumed_at IS NULL"
 
 # Run ?1 asks for input ?2 (prompt ?3, spec ?4, asked at ?5, workflow ?6, timeout ?7); asked again: the new
-# question (an answer already given stays given).
+# question, open to a new answer (a workflow asking again in a loop).
 OPEN_INPUT = """
 INSERT INTO durable_inputs (run_id, key, prompt, spec, created_at, workflow, timeout_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 ON CONFLICT (run_id, key) DO UPDATE
 SET prompt = excluded.prompt, spec = excluded.spec, created_at = excluded.created_at, workflow = excluded.workflow,
-    timeout_at = excluded.timeout_at"""
+    timeout_at = excluded.timeout_at, provided_at = NULL"""
 
 # Run ?1 no longer waits for input ?2 (a provided one stays, to refuse a second answer).
 CLOSE_INPUT = "DELETE FROM durable_inputs WHERE run_id = ?1 AND key = ?2 AND provided_at IS NULL"

@@ -95,7 +95,7 @@ class WorldMixin:
         self._waiters: list[_Waiter] = []
         self._children: dict[int, tuple[ChildRequest, asyncio.Future[Any], Any]] = {}
         self._new_children: list[ChildRequest] = []
-        self._closed_inputs: list[str] = []
+        self._closed_inputs: list[tuple[str, int]] = []  # (key, command id of the question)
         self._compensations: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
         self._state_updates_recorded = 0
         self.state: dict[str, Any] = {}
@@ -195,8 +195,9 @@ class WorldMixin:
         children, self._new_children = self._new_children, []
         return children
 
-    def take_closed_inputs(self) -> list[str]:
-        """Keys of inputs no longer awaited (answered or timed out): the driver closes them."""
+    def take_closed_inputs(self) -> list[tuple[str, int]]:
+        """Inputs no longer awaited (answered or timed out), as (key, command id of the question): the driver
+        closes them, unless the same key was asked again since."""
         closed, self._closed_inputs = self._closed_inputs, []
         return closed
 
@@ -259,7 +260,7 @@ class WorldMixin:
         if waiter.timer is not None:
             waiter.timer.cancel()
         if waiter.kind == "input":
-            self._closed_inputs.append(waiter.name)
+            self._closed_inputs.append((waiter.name, waiter.command_id))
         if not waiter.future.done():
             waiter.future.set_result(value)
 
@@ -267,7 +268,7 @@ class WorldMixin:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         if waiter.kind == "input":
-            self._closed_inputs.append(waiter.name)
+            self._closed_inputs.append((waiter.name, waiter.command_id))
         if waiter.future.done():
             return
         if default is MISSING:

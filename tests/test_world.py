@@ -139,6 +139,21 @@ async def test_form_input_errors_are_reported_field_by_field(engine_url: str) ->
         assert await run.result(timeout=20) == {"laptop": "mac"}
 
 
+async def test_the_same_input_asked_again_in_a_loop_takes_a_new_answer(engine_url: str) -> None:
+    async with durable.Engine(engine_url) as engine:
+        run = await engine.start(wf.asks_twice)
+        for answer in ("first", "second"):
+            await _until(lambda: _has_pending(engine, run.id))
+            await engine.provide_input(run.id, "next", answer)
+            if answer == "first":
+                await _until(lambda: _prompt_is(engine, run.id, "round 1?"))
+        assert await run.result(timeout=20) == ["first", "second"]
+
+
+async def _prompt_is(engine: durable.Engine, run_id: str, prompt: str) -> bool:
+    return any(p.prompt == prompt for p in await engine.list_pending_inputs(run_id))
+
+
 async def test_input_timeout_returns_the_timeout_value(engine_url: str) -> None:
     async with durable.Engine(engine_url) as engine:
         run = await engine.start(wf.approval, 0.2)

@@ -156,3 +156,11 @@ async def counter(ctx: durable.WorkflowContext, n: int, upto: int) -> int:
 @durable.workflow(name="event_loop_gather")
 async def event_loop_gather(ctx: durable.WorkflowContext) -> list:
     return list(await asyncio.gather(ctx.wait_for_event("a"), ctx.wait_for_event("b")))
+
+
+@durable.workflow(name="asks_twice")
+async def asks_twice(ctx: durable.WorkflowContext) -> list:
+    answers = []
+    for round_ in range(2):
+        answers.append(await ctx.wait_for_input("next", prompt=f"round {round_}?"))
+    return answers
