@@ -26,14 +26,18 @@ from ._records import (
     FINISHED_STATUSES,
     PENDING,
     RUNNING,
+    UNSET,
     Append,
     Claim,
     Heartbeat,
     Message,
     NewRun,
     PendingInput,
+    QueueConfig,
+    QueueStats,
     RunPage,
     RunRecord,
+    Unset,
     child_outcome,
 )
 
@@ -56,6 +60,7 @@ class MemoryStore:
         self._inputs: dict[tuple[str, str], PendingInput] = {}  # open inputs by (run id, key)
         self._provided: set[tuple[str, str]] = set()
         self._next_message_id = 1
+        self._queues: dict[str, QueueConfig] = {}
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -68,6 +73,10 @@ class MemoryStore:
         """Create the run and its ``RunStarted`` event, or return the existing run with that id."""
         async with self._lock:
             existing = self._runs.get(new.id)
+            if existing is None and new.dedup_key is not None:
+                existing = next(
+                    (r for r in self._runs.values() if r.dedup_key == new.dedup_key and not r.finished), None
+                )
             if existing is not None:
                 return existing, False
             now = self.clock()
@@ -84,6 +93,7 @@ class MemoryStore:
                 parent_id=new.parent_id,
                 wake_at=new.wake_at,
                 continued_from=new.continued_from,
+                dedup_key=new.dedup_key,
             )
             started = new.started_event()
             self._runs[new.id] = run
@@ -123,20 +133,42 @@ class MemoryStore:
     def _ready(self, run: RunRecord, now: datetime, workflows: Sequence[str]) -> bool:
         if run.status in FINISHED_STATUSES or run.workflow not in workflows:
             return False
+        if self._queues.get(run.queue, QueueConfig(run.queue)).paused:
+            return False
         if run.wake_at is not None and run.wake_at > now:
             return False
         return run.lease_owner is None or (run.lease_expires_at is not None and run.lease_expires_at <= now)
 
     async def claim(
-        self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        queue: str | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` ready runs, highest priority first, then oldest."""
+        """Lease up to ``limit`` ready runs, highest priority first, then oldest, within the queues' limits."""
         async with self._lock:
             now = self.clock()
-            ready = [r for r in self._runs.values() if self._ready(r, now, workflows)]
+            ready = [
+                r
+                for r in self._runs.values()
+                if (queue is None or r.queue == queue) and self._ready(r, now, workflows)
+            ]
             ready.sort(key=lambda r: (-r.priority, r.wake_at or r.created_at, r.created_at, r.id))
+            allowance = {name: self._allowance(name, now) for name in {r.queue for r in ready}}
+            chosen = []
+            for run in ready:
+                if len(chosen) >= limit:
+                    break
+                room, starts = allowance[run.queue]
+                first_start = run.started_at is None
+                if room <= 0 or (first_start and starts <= 0):
+                    continue
+                allowance[run.queue] = (room - 1, starts - 1 if first_start else starts)
+                chosen.append(run)
             claims = []
-            for run in ready[:limit]:
+            for run in chosen:
                 leased = msgspec.structs.replace(
                     run,
                     status=RUNNING,
@@ -150,6 +182,28 @@ class MemoryStore:
                 self._runs[run.id] = leased
                 claims.append(Claim(run=leased, history=list(self._events[run.id])))
             return claims
+
+    def _allowance(self, queue: str, now: datetime) -> tuple[float, float]:
+        """How many more runs of ``queue`` may be leased now, and how many more may start for the first time."""
+        config = self._queues.get(queue, QueueConfig(queue))
+        room: float = float("inf")
+        starts: float = float("inf")
+        if config.global_concurrency is not None:
+            leased = sum(
+                1
+                for r in self._runs.values()
+                if r.queue == queue
+                and r.lease_owner is not None
+                and r.lease_expires_at is not None
+                and r.lease_expires_at > now
+                and not r.finished
+            )
+            room = config.global_concurrency - leased
+        if config.rate_limit is not None and config.rate_period is not None:
+            since = now - timedelta(seconds=config.rate_period)
+            started = sum(1 for r in self._runs.values() if r.queue == queue and r.started_at and r.started_at > since)
+            starts = config.rate_limit - started
+        return room, starts
 
     def _holds(self, run: RunRecord | None, worker_id: str, epoch: int, now: datetime) -> bool:
         return (
@@ -373,3 +427,61 @@ class MemoryStore:
     async def list_children(self, parent_id: str) -> list[RunRecord]:
         """Child runs, oldest first."""
         return sorted((r for r in self._runs.values() if r.parent_id == parent_id), key=lambda r: (r.created_at, r.id))
+
+    # -- queues -------------------------------------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        global_concurrency: int | Unset | None = UNSET,
+        rate_limit: int | Unset | None = UNSET,
+        rate_period: float | Unset | None = UNSET,
+    ) -> QueueConfig:
+        """Change a queue's settings; resuming or loosening a limit wakes the workers."""
+        async with self._lock:
+            config = self._queues.get(name, QueueConfig(name))
+            changes: dict[str, object] = {}
+            if paused is not None:
+                changes["paused"] = paused
+            for field, value in (
+                ("global_concurrency", global_concurrency),
+                ("rate_limit", rate_limit),
+                ("rate_period", rate_period),
+            ):
+                if not isinstance(value, Unset):
+                    changes[field] = value
+            config = msgspec.structs.replace(config, **changes)
+            self._queues[name] = config
+        if not config.paused:
+            self.hub.notify_work()
+        return config
+
+    async def list_queues(self) -> list[QueueConfig]:
+        """Configured queues and queues that have runs, by name."""
+        names = set(self._queues) | {r.queue for r in self._runs.values()}
+        return [self._queues.get(name, QueueConfig(name)) for name in sorted(names)]
+
+    async def queue_stats(self, name: str) -> QueueStats:
+        """Counts of the queue's unfinished runs by state."""
+        now = self.clock()
+        running = pending = scheduled = waiting = 0
+        oldest: datetime | None = None
+        for run in self._runs.values():
+            if run.queue != name or run.finished:
+                continue
+            if run.lease_owner is not None and run.lease_expires_at is not None and run.lease_expires_at > now:
+                running += 1
+            elif run.wake_at is not None and run.wake_at > now:
+                if run.started_at is None:
+                    scheduled += 1
+                else:
+                    waiting += 1
+            else:
+                pending += 1
+                due = run.wake_at or run.created_at
+                oldest = due if oldest is None else min(oldest, due)
+        age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+        config = self._queues.get(name, QueueConfig(name))
+        return QueueStats(name, running, pending, scheduled, waiting, age, config)

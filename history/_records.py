@@ -9,6 +9,16 @@ import msgspec
 
 from ._events import CarriedMessage, ErrorInfo, Event, RecordedEvent, RunStarted
 
+
+class Unset:
+    """The type of ``UNSET``: "leave this setting as it is" (``None`` means "no limit")."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
 PENDING = "pending"
 RUNNING = "running"
 WAITING = "waiting"
@@ -54,6 +64,8 @@ class RunRecord(msgspec.Struct, frozen=True):
     """JSON object the workflow published with ``ctx.set_state`` (the latest value of every key)."""
     continued_from: str | None = None
     """The run this one continues (``ctx.continue_as_new``)."""
+    dedup_key: str | None = None
+    """While this run is unfinished, starting another with the same key returns this run."""
 
     @property
     def finished(self) -> bool:
@@ -75,6 +87,7 @@ class NewRun(msgspec.Struct, frozen=True):
     deadline: datetime | None = None
     continued_from: str | None = None
     carried: tuple[CarriedMessage, ...] = ()
+    dedup_key: str | None = None
 
     def started_event(self) -> RunStarted:
         """The ``RunStarted`` event (event 1) of the run this creates: every store writes exactly this."""
@@ -186,3 +199,32 @@ def child_outcome(child: RunRecord) -> bytes:
     """The JSON a store puts in the parent's inbox when ``child`` finishes (a ``ChildOutcome``)."""
     result = msgspec.Raw(child.result if child.result is not None else b"null")
     return _child_encoder.encode(ChildOutcome(status=child.status, result=result, error=child.error))
+
+
+class QueueConfig(msgspec.Struct, frozen=True):
+    """A queue's settings, shared by every worker (a queue nobody configured has the defaults).
+
+    ``global_concurrency`` caps the runs of the queue leased at once across all workers; ``rate_limit`` caps
+    the runs *started for the first time* in any window of ``rate_period`` seconds; a ``paused`` queue has no
+    run claimed (runs already leased go on).
+    """
+
+    name: str
+    paused: bool = False
+    global_concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    """A queue at one moment: ``running`` (leased), ``pending`` (ready now, not leased), ``scheduled`` (to start
+    later: a delayed start), ``waiting`` (sleeping or waiting on the world), and the age in seconds of the oldest
+    pending run."""
+
+    name: str
+    running: int
+    pending: int
+    scheduled: int
+    waiting: int
+    oldest_pending_age: float | None
+    config: QueueConfig

@@ -18,7 +18,20 @@ from typing import Protocol, runtime_checkable
 
 from ._events import RecordedEvent
 from ._notify import Hub
-from ._records import Append, Claim, Heartbeat, Message, NewRun, PendingInput, RunPage, RunRecord
+from ._records import (
+    UNSET,
+    Append,
+    Claim,
+    Heartbeat,
+    Message,
+    NewRun,
+    PendingInput,
+    QueueConfig,
+    QueueStats,
+    RunPage,
+    RunRecord,
+    Unset,
+)
 
 
 @runtime_checkable
@@ -39,7 +52,8 @@ class Store(Protocol):
 
     async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
         """Create a run with ``RunStarted`` as event 1; return ``(run, True)``, or ``(existing, False)``
-        when a run with that id exists already (the id is an idempotency key)."""
+        when a run with that id exists already (the id is an idempotency key), or when ``new.dedup_key`` is
+        set and an unfinished run has the same key (finished runs free their key)."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run's row, or ``None``."""
@@ -58,11 +72,21 @@ class Store(Protocol):
         """The run's events with ``seq > after_seq`` in order, in one round trip."""
 
     async def claim(
-        self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        queue: str | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` ready runs of the given workflows to ``worker_id`` and return them with their
-        histories. Ready: not finished, ``wake_at`` null or past, and no live lease. Highest priority first,
-        then earliest ``wake_at``/creation. Claiming bumps ``lease_epoch`` and sets status ``running``."""
+        """Lease up to ``limit`` ready runs of the given workflows (of ``queue`` only, when given) to
+        ``worker_id`` and return them with their histories. Ready: not finished, ``wake_at`` null or past, no
+        live lease, and its queue not paused. Highest priority first, then earliest ``wake_at``/creation (FIFO
+        within a priority). Claiming bumps ``lease_epoch`` and sets status ``running``.
+
+        A queue's ``global_concurrency`` bounds its leased runs across all workers, and its ``rate_limit`` the
+        runs started for the first time per ``rate_period``: a claim takes no more than both allow, and two
+        workers claiming at once never exceed them together."""
 
     async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
         """Apply each append atomically (events and row update in one commit; a backend may share one commit
@@ -117,3 +141,23 @@ class Store(Protocol):
 
     async def list_children(self, parent_id: str) -> list[RunRecord]:
         """Runs whose ``parent_id`` is ``parent_id``, oldest first."""
+
+    # -- queues -------------------------------------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        global_concurrency: int | Unset | None = UNSET,
+        rate_limit: int | Unset | None = UNSET,
+        rate_period: float | Unset | None = UNSET,
+    ) -> QueueConfig:
+        """Change a queue's settings (``UNSET`` leaves one as it is, ``None`` removes a limit); returns them.
+        Pausing wakes no one; resuming notifies workers."""
+
+    async def list_queues(self) -> list[QueueConfig]:
+        """Every queue that has runs or settings, by name (defaults for those never configured)."""
+
+    async def queue_stats(self, name: str) -> QueueStats:
+        """Counts of the queue's unfinished runs by state, its oldest pending age, and its settings."""
