@@ -28,7 +28,8 @@ from ._definitions import Workflow, encode_input, registered_workflows, resolve_
 from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
-from ._worker import Worker
+from ._queues import Queues
+from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
 
 log = logging.getLogger("durable")
@@ -40,6 +41,22 @@ Postgres NOTIFY); this bounds the wait when it cannot (another process on SQLite
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _start_time(now: datetime, delay: timedelta | float | None, scheduled_at: datetime | None) -> datetime | None:
+    """When a new run may first start: after ``delay``, or at ``scheduled_at`` (not both)."""
+    if delay is not None and scheduled_at is not None:
+        raise ValueError("give delay= or scheduled_at=, not both")
+    if scheduled_at is not None:
+        if scheduled_at.tzinfo is None:
+            raise ValueError(f"scheduled_at must be timezone-aware, got naive {scheduled_at!r}")
+        return scheduled_at
+    if delay is None:
+        return None
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0:
+        raise ValueError(f"delay must be >= 0, got {seconds} seconds")
+    return now + timedelta(seconds=seconds)
 
 
 class RunHandle:
@@ -99,6 +116,7 @@ class Engine(WorldClient):
         worker: bool = True,
         workflows: list[Workflow] | None = None,
         concurrency: int = 100,
+        queues: dict[str, int] | None = None,
         lease_seconds: float = 30.0,
         horizon: float = 5.0,
         poll_interval: float = 2.0,
@@ -110,8 +128,14 @@ class Engine(WorldClient):
         self._workflows = workflows
         self._clock = clock or _utcnow
         self._worker_options: dict[str, Any] = dict(
-            concurrency=concurrency, lease_seconds=lease_seconds, horizon=horizon, poll_interval=poll_interval
+            concurrency=concurrency,
+            queues=check_queues(queues),
+            lease_seconds=lease_seconds,
+            horizon=horizon,
+            poll_interval=poll_interval,
         )
+        self.queues = Queues(self.store)
+        """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""
         if clock is not None:
             self._worker_options["clock"] = clock
         self.worker: Worker | None = None
@@ -171,11 +195,16 @@ class Engine(WorldClient):
         queue: str = "default",
         priority: int = 0,
         delay: timedelta | float | None = None,
+        scheduled_at: datetime | None = None,
+        dedup_key: str | None = None,
     ) -> RunHandle:
         """Start a run of ``workflow`` with ``args`` as its input (after ``ctx``).
 
         ``workflow_id`` is an idempotency key: if a run with that id exists, it is returned
-        (``handle.created`` is False) and no second run starts. ``delay`` postpones the first execution.
+        (``handle.created`` is False) and no second run starts. ``dedup_key`` does the same while a run with that
+        key is unfinished (its key is free again once it finishes). The run is placed on ``queue`` (workers
+        serve named queues, each with its own concurrency) with ``priority`` (higher first; FIFO within a
+        priority). ``delay`` or ``scheduled_at`` postpone its first execution.
         """
         self._require_open()
         definition = resolve_workflow(workflow, self._served())
@@ -189,10 +218,13 @@ class Engine(WorldClient):
                 raise unknown_workflow(name, known | set(self._served()))
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
-        wake_at = None
-        if delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-            wake_at = self._clock() + timedelta(seconds=seconds)
+        wake_at = _start_time(self._clock(), delay, scheduled_at)
+        if dedup_key is not None and (not isinstance(dedup_key, str) or not dedup_key):
+            raise ValueError(f"dedup_key must be a non-empty string, got {dedup_key!r}")
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+        if not isinstance(priority, int):
+            raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
         timeout = definition.timeout if isinstance(definition, Workflow) else None
         new = NewRun(
             id=workflow_id or new_run_id(),
@@ -203,8 +235,11 @@ class Engine(WorldClient):
             priority=priority,
             wake_at=wake_at,
             deadline=None if timeout is None else self._clock() + timedelta(seconds=timeout),
+            dedup_key=dedup_key,
         )
         run, created = await self.store.create_run(new)
+        if not created and dedup_key is not None and run.id != new.id:
+            return RunHandle(self, run.id, run.workflow, created=False)  # a live run holds the dedup key
         if not created and run.workflow != name:
             raise DurableError(
                 f"workflow_id {run.id!r} is already used by a run of workflow {run.workflow!r}, not {name!r}: "

@@ -39,6 +39,25 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_CLAIM_BATCH = 100
+"""Most runs taken by one claim: large enough to amortize a round trip, small enough to share a burst."""
+
+
+def check_queues(queues: Mapping[str, int] | None) -> dict[str, int] | None:
+    """Validate a worker's queue map (names to per-worker concurrency); a clear ValueError if it is wrong."""
+    if queues is None:
+        return None
+    checked = dict(queues)
+    for name, limit in checked.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"queue names must be non-empty strings, got {name!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"queue {name!r}: concurrency must be an int >= 1, got {limit!r}")
+    if not checked:
+        raise ValueError("queues= names at least one queue (or None to serve every queue)")
+    return checked
+
+
 def make_worker_id() -> str:
     """``host:pid:random``: unique per worker, readable in ``durable show``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -50,7 +69,9 @@ class Worker:
     Args:
         store: an opened store.
         workflows: the workflows this worker serves, by name.
-        concurrency: most runs driven at once.
+        concurrency: most runs driven at once, in all.
+        queues: the queues served, each with this worker's concurrency for it (``{"default": 10, "ai": 5}``);
+            ``None`` serves every queue.
         lease_seconds: how long a claim lasts without a heartbeat; a crashed worker's runs are taken over
             after this long. Heartbeats renew every third of it.
         horizon: waits (timers, retry delays) shorter than this are done in memory, holding the lease; longer
@@ -66,6 +87,7 @@ class Worker:
         workflows: Mapping[str, Workflow],
         *,
         concurrency: int = 100,
+        queues: Mapping[str, int] | None = None,
         lease_seconds: float = 30.0,
         horizon: float = 5.0,
         poll_interval: float = 2.0,
@@ -80,6 +102,7 @@ class Worker:
         self.store = store
         self.workflows = dict(workflows)
         self.concurrency = concurrency
+        self.queues = check_queues(queues)
         self.lease_seconds = lease_seconds
         self.horizon = horizon
         self.poll_interval = poll_interval
@@ -140,18 +163,31 @@ class Worker:
     # -- claiming --------------------------------------------------------------------------------------------
 
     async def _claim_once(self, names: list[str]) -> bool:
+        """Claim what there is room for (in all, and per queue when the worker serves named queues); True when a
+        claim came back full, so there may be more right away."""
         free = self.concurrency - len(self._drivers)
         if free <= 0 or not names:
             return False
-        try:
-            claims = await self.store.claim(self.worker_id, names, min(free, 100), self.lease_seconds)
-        except Exception:
-            log.exception("worker %s: claim failed; retrying", self.worker_id)
-            await asyncio.sleep(1.0)
-            return False
-        for claim in claims:
-            self._start_driver(claim)
-        return len(claims) == min(free, 100) and len(claims) > 0
+        wanted: list[tuple[str | None, int]] = [(None, min(free, _CLAIM_BATCH))]
+        if self.queues is not None:
+            active = collections.Counter(driver.run.queue for driver, _ in self._drivers.values())
+            wanted = [
+                (name, min(limit - active[name], free, _CLAIM_BATCH))
+                for name, limit in self.queues.items()
+                if limit > active[name]
+            ]
+        full = False
+        for queue, limit in wanted:
+            try:
+                claims = await self.store.claim(self.worker_id, names, limit, self.lease_seconds, queue=queue)
+            except Exception:
+                log.exception("worker %s: claim failed; retrying", self.worker_id)
+                await asyncio.sleep(1.0)
+                return False
+            for claim in claims:
+                self._start_driver(claim)
+            full = full or (len(claims) == limit > 0)
+        return full
 
     async def _idle_timeout(self, names: list[str]) -> float:
         if len(self._drivers) >= self.concurrency:
