@@ -127,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
-    from . import _cli_history, _cli_world  # they import this module: hence here
+    from . import _cli_history, _cli_queues, _cli_world  # they import this module: hence here
 
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
+    _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
     return parser
 
 
@@ -152,7 +153,15 @@ def _add_worker(add: Any) -> None:
     p.add_argument("--concurrency", type=_positive(int), default=100, metavar="N", help="most runs at once (100)")
     p.add_argument("--lease-seconds", type=_positive(float), default=30.0, metavar="S", help="lease length (30 s)")
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="time to finish steps on stop (10 s)")
+    p.add_argument("--queue", action="append", metavar="NAME=N", dest="queues", type=_queue_option,
+                   help="serve this queue with N runs at once (repeatable; default: every queue)")
     p.set_defaults(command=cmd_worker)
+
+
+def _queue_option(text: str) -> tuple[str, int]:
+    from ._cli_queues import parse_queue_option
+
+    return parse_queue_option(text)
 
 
 def _add_start(add: Any) -> None:
@@ -257,7 +266,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     store = open_store(args.database_url)
     await store.open()
     try:
-        worker = Worker(store, workflows, concurrency=args.concurrency, lease_seconds=args.lease_seconds)
+        queues = dict(args.queues) if args.queues else None
+        worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
+                        lease_seconds=args.lease_seconds)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()
