@@ -14,7 +14,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from"
+    "continued_from, dedup_key"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_postgres``)."""
 
@@ -43,13 +43,15 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name) VALUES ($1,
 # --- runs ----------------------------------------------------------------------------------------------------
 
 # Create a run and its RunStarted event (seq 1); return (true, the run), or (false, the existing run) when the
-# id exists already. No row only when a concurrent create of the same id commits after this statement began.
+# id exists already or an unfinished run has dedup key $10 (the id wins when both do). "ON CONFLICT DO NOTHING"
+# covers the primary key and the unique index durable_runs_dedup. No row only when a concurrent create of the
+# same id or key commits after this statement began (its snapshot does not see that run): then GET_EXISTING.
 CREATE_RUN = f"""
 WITH run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at, continued_from)
-    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9)
-    ON CONFLICT (id) DO NOTHING
+                              parent_id, wake_at, continued_from, dedup_key)
+    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9, $10)
+    ON CONFLICT DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), started AS (
     INSERT INTO durable_events (run_id, seq, at, type, data)
@@ -57,7 +59,15 @@ WITH run AS (
 )
 SELECT true, {RUN_COLUMNS} FROM run
 UNION ALL
-SELECT false, {RUN_COLUMNS} FROM durable_runs WHERE id = $1 AND NOT EXISTS (SELECT FROM run)"""
+(SELECT false, {RUN_COLUMNS} FROM durable_runs
+ WHERE (id = $1 OR (dedup_key = $10 AND status NOT IN {FINISHED})) AND NOT EXISTS (SELECT FROM run)
+ ORDER BY id = $1 DESC LIMIT 1)"""
+
+# The run with id $1, else the unfinished run with dedup key $2 (a fresh snapshot, after CREATE_RUN found none).
+GET_EXISTING = f"""
+SELECT {RUN_COLUMNS} FROM durable_runs
+WHERE id = $1 OR (dedup_key = $2 AND status NOT IN {FINISHED})
+ORDER BY id = $1 DESC LIMIT 1"""
 
 # One run's row.
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE id = $1"

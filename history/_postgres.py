@@ -3,7 +3,8 @@
 The only module of the project that imports asyncpg. Every statement is in ``_pg_queries``; asyncpg prepares
 each once per pooled connection. Round trips per call, the number the engine's speed hangs on:
 
-* ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id, the existing row);
+* ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id or dedup key, the existing
+  row);
 * ``claim``: 1 (lease the runs and return them with their whole histories, as arrays);
 * ``append``: 1 per batch however many runs it covers (one statement, one commit), plus 1 to explain refusals;
   items that finish a run, consume messages, publish state or open/close inputs use a larger statement, still
@@ -70,6 +71,7 @@ log = logging.getLogger("durable.history")
 _T = TypeVar("_T")
 _RUN_WIDTH = len(RunRecord.__struct_fields__)
 _DEADLOCK_RETRIES = 5
+_CREATE_RETRIES = 3
 _ERROR_COLUMN = RunRecord.__struct_fields__.index("error")
 if tuple(q.RUN_COLUMNS.split(", ")) != RunRecord.__struct_fields__:  # rows are turned into records by position
     raise ImportError("history._pg_queries.RUN_COLUMNS is out of step with the fields of RunRecord")
@@ -323,20 +325,24 @@ class PostgresStore:
     # --- runs -------------------------------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
-        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id."""
-        started = new.started_event()
-        row = await self._db.fetchrow(
-            q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-            new.wake_at, encode_event(started), new.continued_from,
-        )  # fmt: skip
-        if row is None:
-            existing = await self.get_run(new.id)
-            if existing is None:  # only if a concurrent create of this id rolled back
-                raise StoreError(f"run {new.id!r} was being created concurrently and vanished; retry")
-            return existing, False
-        if row[0]:
-            self.hub.notify_work()
-        return _run(row[1:]), row[0]
+        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id (or the
+        unfinished run with its dedup key)."""
+        started = encode_event(new.started_event())
+        for _ in range(_CREATE_RETRIES):
+            row = await self._db.fetchrow(
+                q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
+                new.wake_at, started, new.continued_from, new.dedup_key,
+            )  # fmt: skip
+            if row is not None:
+                if row[0]:
+                    self.hub.notify_work()
+                return _run(row[1:]), row[0]
+            # A concurrent create of this id or key committed after our statement's snapshot: read it now.
+            existing = await self._db.fetchrow(q.GET_EXISTING, new.id, new.dedup_key)
+            if existing is not None:
+                return _run(existing), False
+            # It rolled back, or (for a key) finished already: the id or key is free again; create once more.
+        raise StoreError(f"run {new.id!r} kept conflicting with concurrent creates that vanished; retry")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run's row, or ``None``."""

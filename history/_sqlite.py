@@ -327,7 +327,8 @@ class SqliteStore:
     # --- runs -------------------------------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
-        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id."""
+        """Create the run with ``RunStarted`` as event 1, or return the existing run with that id (or the
+        unfinished run with its dedup key)."""
         run, created = await self._write(self._create_run, new)
         if created:
             self.hub.notify_work()
@@ -338,10 +339,10 @@ class SqliteStore:
         row = db.execute(
             q.CREATE_RUN,
             (new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-             _us_or_none(new.wake_at), now, new.continued_from),
+             _us_or_none(new.wake_at), now, new.continued_from, new.dedup_key),
         ).fetchone()  # fmt: skip
         if row is None:
-            return _run(db.execute(q.GET_RUN, (new.id,)).fetchone()), False
+            return _run(db.execute(q.GET_EXISTING, (new.id, new.dedup_key)).fetchone()), False
         started = new.started_event()
         db.execute(q.INSERT_EVENT, (new.id, 1, now, "run_started", encode_event(started)))
         return _run(row), True

@@ -16,7 +16,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from"
+    "continued_from, dedup_key"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_sqlite``)."""
 
@@ -38,13 +38,21 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name, applied_at)
 
 # --- runs ----------------------------------------------------------------------------------------------------
 
-# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from); no row when the id exists already.
+# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from, ?10 dedup_key); no row when the id exists
+# already or an unfinished run has the dedup key ("ON CONFLICT DO NOTHING" covers the primary key and the unique
+# index durable_runs_dedup): then GET_EXISTING.
 CREATE_RUN = f"""
 INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                          parent_id, wake_at, continued_from)
-VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9)
-ON CONFLICT (id) DO NOTHING
+                          parent_id, wake_at, continued_from, dedup_key)
+VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9, ?10)
+ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}"""
+
+# The run with id ?1, else the unfinished run with dedup key ?2 (the id wins when both exist).
+GET_EXISTING = f"""
+SELECT {RUN_COLUMNS} FROM durable_runs
+WHERE id = ?1 OR (dedup_key = ?2 AND status NOT IN {FINISHED})
+ORDER BY id = ?1 DESC LIMIT 1"""
 
 # Add one event to a history.
 INSERT_EVENT = "INSERT INTO durable_events (run_id, seq, at, type, data) VALUES (?1, ?2, ?3, ?4, ?5)"

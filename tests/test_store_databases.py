@@ -19,7 +19,7 @@ from history import COMPLETED, DatabaseUnavailable, DurableError, RunCompleted, 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, raw, start, step
 
-VERSIONS = [1, 2]
+VERSIONS = [1, 2, 3]
 """Every schema version shipped (``history/migrations/<dialect>/NNNN_*.sql``), the same for both databases."""
 
 

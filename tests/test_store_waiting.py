@@ -680,7 +680,7 @@ async def test_a_postgres_database_at_schema_1_upgrades_keeping_its_runs(postgre
                 await conn.execute("INSERT INTO durable_events VALUES ($1, 1, now(), 'run_started', $2)", run_id, event)
         finally:
             await conn.close()
-        assert await PostgresStore(url).upgrade() == [2]
+        assert await PostgresStore(url).upgrade() == [2, 3]
         store = history.open_store(url)
         await store.open()
         try:
@@ -714,7 +714,7 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
             db.execute("INSERT INTO durable_events VALUES (?, 1, ?, 'run_started', ?)", (run_id, t, event))
     finally:
         db.close()
-    assert await SqliteStore(url).upgrade() == [2]
+    assert await SqliteStore(url).upgrade() == [2, 3]
     store = history.open_store(url)
     await store.open()
     try:
