@@ -157,7 +157,7 @@ class MemoryStore:
             ]
             ready.sort(key=lambda r: (-r.priority, r.wake_at or r.created_at, r.created_at, r.id))
             allowance = {name: self._allowance(name, now) for name in {r.queue for r in ready}}
-            chosen = []
+            chosen: list[RunRecord] = []
             for run in ready:
                 if len(chosen) >= limit:
                     break

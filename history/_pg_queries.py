@@ -96,47 +96,201 @@ def list_runs(by_workflow: bool, by_status: bool, after: bool) -> str:
     return f"SELECT {RUN_COLUMNS} FROM durable_runs {clause} ORDER BY created_at DESC, id DESC LIMIT $1"
 
 
-# Lease up to $3 ready runs to worker $1 for $4 seconds, and return them with their whole histories (as
-# arrays) in claim order: one round trip. Two branches so that each uses its own partial index: unleased runs
-# (the normal case) and expired leases (a worker died); each locks at most $3 rows, skipping rows other
-# claimers hold. The row re-check under the lock (READ COMMITTED) guarantees a run is never claimed twice.
-CLAIM = f"""
-WITH unleased AS (
+_LIMITED = "(global_concurrency IS NOT NULL OR (rate_limit IS NOT NULL AND rate_period IS NOT NULL))"
+"""SQL test of a ``durable_queues`` row: the queue has a limit (a rate limit needs both the count and the period)."""
+
+_LEASED_COLUMNS = ", ".join("r." + c for c in RUN_COLUMNS.split(", "))
+
+
+def _ready_in(queues: str, now: str, workflows: str = "$2") -> str:
+    """Whether runs of the ``workflows`` in the queues ``queues`` selects (a condition on ``r.queue``) are ready:
+    two probes, each a tight range of ``durable_runs_queue`` (unleased and due; expired leases)."""
+    return f"""(EXISTS (
+        SELECT FROM durable_runs r
+        WHERE {queues} AND r.lease_expires_at IS NULL AND coalesce(r.wake_at, r.created_at) <= {now}
+          AND r.lease_owner IS NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[]))
+      OR EXISTS (
+        SELECT FROM durable_runs r
+        WHERE {queues} AND r.lease_expires_at <= {now} AND (r.wake_at IS NULL OR r.wake_at <= {now})
+          AND r.lease_owner IS NOT NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[])))"""
+
+
+def _candidates(now: str, where: str, unleased_where: str = "") -> str:
+    """The two branches of a claim's candidates, each on its own partial index, each locking at most ``$3`` rows
+    and skipping rows other claimers hold: unleased runs that are due (the normal case) and expired leases (a
+    worker died). ``where`` adds conditions to both, ``unleased_where`` to the first."""
+    return f"""unleased AS (
     SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at
     FROM durable_runs
     WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND workflow = ANY($2::text[])
-      AND coalesce(wake_at, created_at) <= now()  -- due: the same as "wake_at IS NULL OR wake_at <= now()"
+      AND coalesce(wake_at, created_at) <= {now}  -- due: the same as "wake_at IS NULL OR wake_at <= now"
+      {where}{unleased_where}
     ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at
     FROM durable_runs
-    WHERE lease_owner IS NOT NULL AND lease_expires_at <= now() AND status NOT IN {FINISHED}
-      AND workflow = ANY($2::text[]) AND (wake_at IS NULL OR wake_at <= now())
+    WHERE lease_owner IS NOT NULL AND lease_expires_at <= {now} AND status NOT IN {FINISHED}
+      AND workflow = ANY($2::text[]) AND (wake_at IS NULL OR wake_at <= {now})
+      {where}
     ORDER BY lease_expires_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id, sort_at FROM (SELECT * FROM unleased UNION ALL SELECT * FROM expired) AS candidates
+)"""
+
+
+def _lease(now: str, candidates: str) -> str:
+    """Lease the first ``$3`` of ``candidates`` (by priority, then due time) to worker ``$1`` for ``$4`` seconds,
+    and attach each run's whole history (as arrays). The row re-check under the lock (READ COMMITTED)
+    guarantees a run is never claimed twice."""
+    return f"""picked AS (
+    SELECT id, sort_at FROM ({candidates}) AS candidates
     ORDER BY priority DESC, sort_at, created_at, id LIMIT $3
 ), claimed AS (
     UPDATE durable_runs r
     SET status = 'running', lease_owner = $1, lease_epoch = r.lease_epoch + 1,
-        lease_expires_at = now() + make_interval(secs => $4), started_at = coalesce(r.started_at, now()),
-        updated_at = now(), wake_at = NULL
+        lease_expires_at = {now} + make_interval(secs => $4), started_at = coalesce(r.started_at, {now}),
+        updated_at = {now}, wake_at = NULL
     FROM picked p
     WHERE r.id = p.id
-    RETURNING {", ".join("r." + c for c in RUN_COLUMNS.split(", "))}, p.sort_at
-)
-SELECT c.*, h.seqs, h.ats, h.datas
-FROM claimed c
-CROSS JOIN LATERAL (
-    SELECT array_agg(e.seq ORDER BY e.seq) AS seqs, array_agg(e.at ORDER BY e.seq) AS ats,
-           array_agg(e.data ORDER BY e.seq) AS datas
-    FROM durable_events e WHERE e.run_id = c.id
-) h
-ORDER BY c.priority DESC, c.sort_at, c.created_at, c.id"""
+    RETURNING {_LEASED_COLUMNS}, p.sort_at
+), leased AS (
+    SELECT c.*, h.seqs, h.ats, h.datas
+    FROM claimed c
+    CROSS JOIN LATERAL (
+        SELECT array_agg(e.seq ORDER BY e.seq) AS seqs, array_agg(e.at ORDER BY e.seq) AS ats,
+               array_agg(e.data ORDER BY e.seq) AS datas
+        FROM durable_events e WHERE e.run_id = c.id
+    ) h
+)"""
+
+
+@cache
+def claim(by_queue: bool) -> str:
+    """Lease up to ``$3`` ready runs of workflows ``$2`` (of queue ``$5`` when ``by_queue``) to worker ``$1`` for
+    ``$4`` seconds, from queues without limits: one statement, one round trip, no lock but the rows'.
+
+    Rows: a flag, then the claimed run (RUN_COLUMNS), its sort time and its history as arrays (seqs, ats,
+    datas), in claim order. The flag is true when runs of a limited queue are ready too: the statement then
+    claims nothing (its one row has NULL run columns) and the caller claims with ``claim_limited`` instead, which
+    serializes on the limited queues and orders runs across all queues. Runs of paused queues are never taken.
+    With ``by_queue`` the unleased branch can read the queue's range of ``durable_runs_queue`` (the redundant
+    "lease_expires_at IS NULL": a lease's owner and expiry are set and cleared together).
+    """
+    held = "(SELECT paused || limited FROM held)"
+    where = f"AND queue = $5 AND queue <> ALL({held}::text[])" if by_queue else f"AND queue <> ALL({held}::text[])"
+    where += " AND NOT (SELECT found FROM limited_ready)"
+    probe = (
+        "$5 = ANY((SELECT limited FROM held)::text[]) AND r.queue = $5"
+        if by_queue
+        else ("r.queue = ANY((SELECT limited FROM held)::text[])")
+    )
+    return f"""
+WITH held AS (  -- queues this statement leaves alone; read once (durable_queues is small)
+    SELECT coalesce(array_agg(name) FILTER (WHERE paused), '{{}}') AS paused,
+           coalesce(array_agg(name) FILTER (WHERE NOT paused), '{{}}') AS limited
+    FROM durable_queues WHERE paused OR {_LIMITED}
+), limited_ready AS (  -- whether runs of limited queues are ready (a probe of an empty list: nothing to read)
+    SELECT {_ready_in(probe, "now()")} AS found
+), {_candidates("now()", where, " AND lease_expires_at IS NULL" if by_queue else "")},
+{_lease("now()", "SELECT * FROM unleased UNION ALL SELECT * FROM expired")}
+SELECT f.found, l.* FROM limited_ready f LEFT JOIN leased l ON true
+ORDER BY l.priority DESC, l.sort_at, l.created_at, l.id"""
+
+
+@cache
+def lock_queues(by_queue: bool) -> str:
+    """Take the transaction-scoped advisory lock of each limited, unpaused queue (queue ``$2`` only, when
+    ``by_queue``) that has runs of workflows ``$1`` ready, in the order of the lock keys (two claimers never
+    wait for each other in opposite orders, even when two names hash alike); return their names. Until commit,
+    no other claim of these queues can count their leases and starts: two claims never exceed a limit together.
+    """
+    only = " AND q.name = $2" if by_queue else ""
+    return f"""
+SELECT name, pg_advisory_xact_lock(key) FROM (
+    SELECT q.name, hashtext('durable.queue:' || q.name) AS key
+    FROM durable_queues q
+    WHERE NOT q.paused AND {_LIMITED}{only}
+      AND {_ready_in("r.queue = q.name", "statement_timestamp()", "$1")}
+    ORDER BY key, q.name
+    OFFSET 0  -- keeps the sort below the locking: locks are taken in this order
+) AS limited"""
+
+
+def _limited_branch(first_starts: bool | None, cap: str) -> str:
+    """One limited queue's candidates (``a.name``): runs never started (``first_starts``), unleased runs started
+    before (``False``), or expired leases (``None``); at most ``cap``."""
+    now = "statement_timestamp()"
+    if first_starts is None:
+        where = f"lease_owner IS NOT NULL AND lease_expires_at <= {now} AND (wake_at IS NULL OR wake_at <= {now})"
+    else:
+        started = "started_at IS NULL" if first_starts else "started_at IS NOT NULL"
+        where = (
+            f"lease_owner IS NULL AND lease_expires_at IS NULL AND coalesce(wake_at, created_at) <= {now} AND {started}"
+        )
+    return f"""(SELECT id, queue, priority, coalesce(wake_at, created_at) AS sort_at, created_at
+         FROM durable_runs
+         WHERE queue = a.name AND status NOT IN {FINISHED} AND workflow = ANY($2::text[]) AND {where}
+         ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id
+         LIMIT {cap}
+         FOR UPDATE SKIP LOCKED)"""
+
+
+@cache
+def claim_limited(by_queue: bool) -> str:
+    """``claim`` with the queues' limits, run after ``lock_queues`` in the same transaction: ``$1``-``$4`` as in
+    ``claim``, ``$5`` the queues locked, ``$6`` the queue (when ``by_queue``). Same rows (the flag is false).
+
+    Its snapshot is taken after the locks were granted, so it sees every claim of those queues committed before.
+    Each locked queue may lease ``room`` more runs (global concurrency minus its live leases) and start ``starts``
+    runs for the first time (rate limit minus the runs started within the period; re-claims are not limited by
+    the rate). As in ``MemoryStore.claim``, which skips a run its queue cannot take and goes on: of a queue's
+    candidates in order, it takes the first ``room`` among its runs started before and its first ``starts``
+    never-started ones; then the first ``$3`` of all, across queues, by priority and due time. Limited queues
+    not locked (limited since ``lock_queues`` looked) and paused ones are skipped. Times are the statement's
+    (``now()`` would be the transaction's start, before the wait for the locks).
+    """
+    now = "statement_timestamp()"
+    only = " AND queue = $6" if by_queue else ""
+    candidates = (
+        "SELECT * FROM unleased UNION ALL SELECT * FROM expired UNION ALL "
+        "SELECT id, priority, sort_at, created_at FROM limited_taken"
+    )
+    return f"""
+WITH settings AS (
+    SELECT name, paused, global_concurrency, rate_limit, rate_period, {_LIMITED} AS limited
+    FROM durable_queues WHERE paused OR {_LIMITED}
+), allowance AS (
+    SELECT s.name,
+           greatest(0, least($3, s.global_concurrency - (
+               SELECT count(*) FROM durable_runs r
+               WHERE r.queue = s.name AND r.lease_expires_at > {now} AND r.lease_owner IS NOT NULL
+                 AND r.status NOT IN {FINISHED}))) AS room,
+           greatest(0, least($3, CASE WHEN s.rate_period IS NOT NULL THEN s.rate_limit - (
+               SELECT count(*) FROM durable_runs r
+               WHERE r.queue = s.name AND r.started_at > {now} - make_interval(secs => s.rate_period)) END)) AS starts
+    FROM settings s
+    WHERE s.name = ANY($5::text[]) AND s.limited AND NOT s.paused
+), {_candidates(now, f"AND queue <> ALL(ARRAY(SELECT name FROM settings WHERE paused OR limited)){only}")},
+limited_first AS (
+    SELECT c.* FROM allowance a CROSS JOIN LATERAL {_limited_branch(True, "least(a.room, a.starts)")} AS c
+), limited_again AS (
+    SELECT c.* FROM allowance a CROSS JOIN LATERAL {_limited_branch(False, "a.room")} AS c
+), limited_expired AS (
+    SELECT c.* FROM allowance a CROSS JOIN LATERAL {_limited_branch(None, "a.room")} AS c
+), limited AS (
+    SELECT * FROM limited_first UNION ALL SELECT * FROM limited_again UNION ALL SELECT * FROM limited_expired
+), limited_taken AS (
+    SELECT l.* FROM (
+        SELECT c.*, row_number() OVER (PARTITION BY queue ORDER BY priority DESC, sort_at, created_at, id) AS nth
+        FROM limited c
+    ) l
+    JOIN allowance a ON a.name = l.queue
+    WHERE l.nth <= a.room
+), {_lease(now, candidates)}
+SELECT false, l.* FROM leased l
+ORDER BY l.priority DESC, l.sort_at, l.created_at, l.id"""
 
 
 def _append(full: bool) -> str:
@@ -353,10 +507,72 @@ ON CONFLICT (worker_id, workflow) DO UPDATE SET registered_at = excluded.registe
 # Every workflow name any worker registered.
 KNOWN_WORKFLOWS = "SELECT DISTINCT workflow FROM durable_workers"
 
+# --- queues --------------------------------------------------------------------------------------------------
+
+_QUEUE = "name, paused, global_concurrency, rate_limit, rate_period"
+
+# Change queue $1's settings, creating its row: $2 paused (NULL: unchanged); $3, $5, $7 whether to set the global
+# concurrency $4, the rate limit $6 and its period $8 (NULL: no limit); return the settings. The trigger
+# durable_queues_changed wakes every worker when the queue is left unpaused.
+CONFIGURE_QUEUE = f"""
+INSERT INTO durable_queues AS q (name, paused, global_concurrency, rate_limit, rate_period, updated_at)
+VALUES ($1, coalesce($2, false), CASE WHEN $3 THEN $4::integer END, CASE WHEN $5 THEN $6::integer END,
+        CASE WHEN $7 THEN $8::double precision END, now())
+ON CONFLICT (name) DO UPDATE
+SET paused = coalesce($2, q.paused),
+    global_concurrency = CASE WHEN $3 THEN $4 ELSE q.global_concurrency END,
+    rate_limit = CASE WHEN $5 THEN $6 ELSE q.rate_limit END,
+    rate_period = CASE WHEN $7 THEN $8 ELSE q.rate_period END,
+    updated_at = now()
+RETURNING {_QUEUE}"""
+
+# Every queue that has settings or runs (finished ones too), by name in code point order (Python's, as
+# MemoryStore sorts), with the defaults for queues never configured. The names of the runs' queues are read by
+# a loose index scan of durable_runs_queue_started: one index probe per queue, however many runs.
+LIST_QUEUES = """
+WITH RECURSIVE used AS (
+    (SELECT queue FROM durable_runs ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.queue FROM durable_runs r WHERE r.queue > u.queue ORDER BY r.queue LIMIT 1)
+    FROM used u WHERE u.queue IS NOT NULL
+), names AS (
+    SELECT queue AS name FROM used WHERE queue IS NOT NULL
+    UNION
+    SELECT name FROM durable_queues
+)
+SELECT n.name, coalesce(q.paused, false), q.global_concurrency, q.rate_limit, q.rate_period
+FROM names n LEFT JOIN durable_queues q ON q.name = n.name
+ORDER BY (n.name COLLATE "C")"""
+
+# Queue $1 at this moment: its unfinished runs counted by state as MemoryStore.queue_stats does (running: a
+# live lease; otherwise scheduled or waiting: a wake time to come, never started or started; otherwise
+# pending), the age in seconds of the oldest pending run (by due time), and its settings (defaults when none).
+# One statement over the queue's range of durable_runs_queue.
+QUEUE_STATS = f"""
+WITH runs AS (
+    SELECT coalesce(lease_owner IS NOT NULL AND lease_expires_at > now(), false) AS live,
+           coalesce(wake_at > now(), false) AS later, started_at IS NULL AS fresh,
+           coalesce(wake_at, created_at) AS due
+    FROM durable_runs
+    WHERE queue = $1 AND status NOT IN {FINISHED}
+), counts AS (
+    SELECT count(*) FILTER (WHERE live) AS running,
+           count(*) FILTER (WHERE NOT live AND NOT later) AS pending,
+           count(*) FILTER (WHERE NOT live AND later AND fresh) AS scheduled,
+           count(*) FILTER (WHERE NOT live AND later AND NOT fresh) AS waiting,
+           min(due) FILTER (WHERE NOT live AND NOT later) AS oldest
+    FROM runs
+)
+SELECT c.running, c.pending, c.scheduled, c.waiting,
+       CASE WHEN c.oldest IS NOT NULL THEN greatest(0, extract(epoch FROM now() - c.oldest))::double precision END,
+       coalesce(q.paused, false), q.global_concurrency, q.rate_limit, q.rate_period
+FROM counts c LEFT JOIN durable_queues q ON q.name = $1"""
+
 # --- notifications -------------------------------------------------------------------------------------------
 
 WORK_CHANNEL = "durable_work"
-"""NOTIFY channel: runs may be ready (payload: a workflow name). Sent by the triggers of 0001_init.sql."""
+"""NOTIFY channel: runs may be ready (payload: a workflow name, or a queue's name when it is resumed or its
+limits change). Sent by the triggers of 0001_init.sql and 0003_queues.sql."""
 
 FINISHED_CHANNEL = "durable_finished"
 """NOTIFY channel: a run finished (payload: its id). Sent by the triggers of 0001_init.sql."""

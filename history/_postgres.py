@@ -5,22 +5,26 @@ each once per pooled connection. Round trips per call, the number the engine's s
 
 * ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id or dedup key, the existing
   row);
-* ``claim``: 1 (lease the runs and return them with their whole histories, as arrays);
+* ``claim``: 1 (lease the runs and return them with their whole histories, as arrays); when runs of a queue with
+  a global concurrency or a rate limit are ready, 4 more (a transaction: take the queues' advisory locks, claim
+  within the limits, commit);
 * ``append``: 1 per batch however many runs it covers (one statement, one commit), plus 1 to explain refusals;
   items that finish a run, consume messages, publish state or open/close inputs use a larger statement, still
   one;
 * ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1;
 * ``send_message``, ``read_inbox``, ``list_pending_inputs``, ``list_children``: 1 (plus 1 to explain a refusal);
-* ``provide_input``: 4 (a transaction: lock the run, answer, commit), at human rates.
+* ``provide_input``: 4 (a transaction: lock the run, answer, commit), at human rates;
+* ``configure_queue``, ``list_queues``, ``queue_stats``: 1.
 
 What happens when a run finishes (its inputs close; an unfinished parent gets a "child" message and is woken),
 and the wake-up of a run released to sleep with unread messages, are done by the triggers
 ``durable_runs_finished`` and ``durable_runs_released`` (``migrations/postgres/0002_waiting.sql``) inside the
 append statement, so an append stays one round trip.
 
-NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``) in the committing
-transaction, so every writer, in any process, wakes every listener. The writing process also wakes its own hub
-right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's pid).
+NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``)
+in the committing transaction, so every writer, in any process, wakes every listener. The writing process also
+wakes its own hub right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's
+pid).
 """
 
 from __future__ import annotations
@@ -41,14 +45,18 @@ from ._events import RecordedEvent
 from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
+    UNSET,
     Append,
     Claim,
     Heartbeat,
     Message,
     NewRun,
     PendingInput,
+    QueueConfig,
+    QueueStats,
     RunPage,
     RunRecord,
+    Unset,
 )
 from ._sql import (
     check_finished_list,
@@ -376,14 +384,33 @@ class PostgresStore:
         rows = await self._db.fetch(q.READ_HISTORY, run_id, after_seq)
         return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in rows]
 
-    async def claim(self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
-        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories."""
+    async def claim(
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        queue: str | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories, within the
+        queues' limits; of ``queue`` only, when given. Runs of paused queues are never claimed.
+
+        Claims that meet no ready run of a limited queue are one statement (``_pg_queries.claim``). When runs of
+        a queue with a global concurrency or a rate limit are ready, that statement claims nothing and the claim
+        is made again in a transaction that first takes those queues' advisory locks, so that two claimers
+        never exceed a limit together (``_claim_limited``).
+        """
         if limit <= 0 or not workflows:
             return []
-        rows = await self._db.fetch(q.CLAIM, worker_id, list(workflows), limit, float(lease_seconds))
+        args: list[Any] = [worker_id, list(workflows), limit, float(lease_seconds)]
+        rows = await self._db.fetch(q.claim(queue is not None), *args, *([] if queue is None else [queue]))
+        if rows and rows[0][0]:  # runs of limited queues are ready
+            rows = await self._claim_limited(args, queue)
         claims = []
         for row in rows:
-            run = _run(row)
+            if row[1] is None:  # the row of a claim that took nothing
+                continue
+            run = _run(row[1:])
             history = _events(row[-3], row[-2], row[-1])
             if len(history) != run.next_seq - 1:
                 # The statement's snapshot predates an append that committed just before our lock (by the worker
@@ -391,6 +418,15 @@ class PostgresStore:
                 history = await self.read_history(run.id)
             claims.append(Claim(run=run, history=history))
         return claims
+
+    async def _claim_limited(self, args: list[Any], queue: str | None) -> list[Any]:
+        """Claim within the queues' limits: lock the limited queues with ready runs (in one order), then claim with
+        a snapshot taken after the locks, in the same transaction (4 round trips: BEGIN, lock, claim, COMMIT)."""
+        by_queue = queue is not None
+        async with self._db.acquire() as conn, conn.transaction():
+            locked = await conn.fetch(q.lock_queues(by_queue), args[1], *([queue] if by_queue else []))
+            names = [row[0] for row in locked]
+            return list(await conn.fetch(q.claim_limited(by_queue), *args, names, *([queue] if by_queue else [])))
 
     async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
         """Apply each append if its writer holds the lease and starts at the next sequence number.
@@ -567,6 +603,37 @@ class PostgresStore:
     async def list_children(self, parent_id: str) -> list[RunRecord]:
         """Runs whose ``parent_id`` is ``parent_id``, oldest first."""
         return [_run(row) for row in await self._db.fetch(q.LIST_CHILDREN, parent_id)]
+
+    # --- queues -----------------------------------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        global_concurrency: int | Unset | None = UNSET,
+        rate_limit: int | Unset | None = UNSET,
+        rate_period: float | Unset | None = UNSET,
+    ) -> QueueConfig:
+        """Change a queue's settings (``UNSET`` leaves one as it is, ``None`` removes a limit); return them.
+        Leaving the queue unpaused wakes every worker (the trigger ``durable_queues_changed``, and this hub)."""
+        args: list[Any] = [name, paused]
+        for value in (global_concurrency, rate_limit, rate_period):
+            args += [False, None] if isinstance(value, Unset) else [True, value]
+        config = QueueConfig(*await self._db.fetchrow(q.CONFIGURE_QUEUE, *args))
+        if not config.paused:
+            self.hub.notify_work()
+        return config
+
+    async def list_queues(self) -> list[QueueConfig]:
+        """Every queue that has runs or settings, by name (defaults for those never configured)."""
+        return [QueueConfig(*row) for row in await self._db.fetch(q.LIST_QUEUES)]
+
+    async def queue_stats(self, name: str) -> QueueStats:
+        """Counts of the queue's unfinished runs by state, its oldest pending age, and its settings (one
+        statement)."""
+        running, pending, scheduled, waiting, age, *config = await self._db.fetchrow(q.QUEUE_STATS, name)
+        return QueueStats(name, running, pending, scheduled, waiting, age, QueueConfig(name, *config))
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -31,14 +31,18 @@ from ._events import RecordedEvent
 from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
+    UNSET,
     Append,
     Claim,
     Heartbeat,
     Message,
     NewRun,
     PendingInput,
+    QueueConfig,
+    QueueStats,
     RunPage,
     RunRecord,
+    Unset,
     child_outcome,
 )
 from ._sql import (
@@ -389,24 +393,34 @@ class SqliteStore:
         rows = self._connection().execute(q.READ_HISTORY, (run_id, after_seq))
         return [RecordedEvent(seq, _time(at), decode_event(data)) for seq, at, data in rows]
 
-    async def claim(self, worker_id: str, workflows: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
-        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories."""
+    async def claim(
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        queue: str | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready runs (highest priority, then earliest) with their histories, within the
+        queues' limits; of ``queue`` only, when given. Runs of paused queues are never claimed. Claims are
+        serialized by the write lock, so two claimers (or processes) never exceed a limit together."""
         if limit <= 0 or not workflows:
             return []
         names = _json.encode(list(workflows))
-        return await self._call(self._claim, worker_id, names, limit, round(lease_seconds * 1e6))
+        return await self._call(self._claim, worker_id, names, limit, round(lease_seconds * 1e6), queue)
 
-    def _claim(self, worker_id: str, names: bytes, limit: int, lease_us: int) -> list[Claim]:
+    def _claim(self, worker_id: str, names: bytes, limit: int, lease_us: int, queue: str | None) -> list[Claim]:
         # Look without the write lock first: an idle worker's poll then never blocks another process's writes.
-        if self._connection().execute(q.CLAIM_CANDIDATES, (names, _now_us(), limit)).fetchone() is None:
+        probe = q.claim_candidates(queue is not None, probe=True)
+        if self._connection().execute(probe, _by_queue((names, _now_us(), limit), queue)).fetchone() is None:
             return []
-        return self._transaction(self._lease, worker_id, names, limit, lease_us)
+        return self._transaction(self._lease, worker_id, names, limit, lease_us, queue)
 
     @staticmethod
     def _lease(
-        db: sqlite3.Connection, now: int, worker_id: str, names: bytes, limit: int, lease_us: int
+        db: sqlite3.Connection, now: int, worker_id: str, names: bytes, limit: int, lease_us: int, queue: str | None
     ) -> list[Claim]:
-        ids = [row[0] for row in db.execute(q.CLAIM_CANDIDATES, (names, now, limit))]
+        ids = _choose(db, now, names, limit, queue)
         runs = [_run(db.execute(q.LEASE, (worker_id, now + lease_us, now, run_id)).fetchone()) for run_id in ids]
         histories: dict[str, list[RecordedEvent]] = {run_id: [] for run_id in ids}
         for run_id, seq, at, data in db.execute(q.READ_HISTORIES, (_json.encode(ids),)):
@@ -628,6 +642,101 @@ class SqliteStore:
 
     def _list_children(self, parent_id: str) -> list[RunRecord]:
         return [_run(row) for row in self._connection().execute(q.LIST_CHILDREN, (parent_id,))]
+
+    # --- queues -----------------------------------------------------------------------------------------------
+
+    async def configure_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        global_concurrency: int | Unset | None = UNSET,
+        rate_limit: int | Unset | None = UNSET,
+        rate_period: float | Unset | None = UNSET,
+    ) -> QueueConfig:
+        """Change a queue's settings (``UNSET`` leaves one as it is, ``None`` removes a limit); return them.
+        Leaving the queue unpaused wakes this process's workers (others see it at their next poll)."""
+        args: list[Any] = [name, paused]
+        for value in (global_concurrency, rate_limit, rate_period):
+            args += [False, None] if isinstance(value, Unset) else [True, value]
+        config = await self._write(self._configure_queue, args)
+        if not config.paused:
+            self.hub.notify_work()
+        return config
+
+    @staticmethod
+    def _configure_queue(db: sqlite3.Connection, now: int, args: list[Any]) -> QueueConfig:
+        return _queue_config(db.execute(q.CONFIGURE_QUEUE, (*args, now)).fetchone())
+
+    async def list_queues(self) -> list[QueueConfig]:
+        """Every queue that has runs or settings, by name (defaults for those never configured)."""
+        return await self._call(self._list_queues)
+
+    def _list_queues(self) -> list[QueueConfig]:
+        return [_queue_config(row) for row in self._connection().execute(q.LIST_QUEUES)]
+
+    async def queue_stats(self, name: str) -> QueueStats:
+        """Counts of the queue's unfinished runs by state, its oldest pending age, and its settings."""
+        return await self._call(self._queue_stats, name)
+
+    def _queue_stats(self, name: str) -> QueueStats:
+        now = _now_us()
+        running, pending, scheduled, waiting, oldest, *config = (
+            self._connection().execute(q.QUEUE_STATS, (name, now)).fetchone()
+        )
+        age = None if oldest is None else max(0.0, (now - oldest) / 1e6)
+        return QueueStats(name, running, pending, scheduled, waiting, age, _queue_config((name, *config)))
+
+
+def _by_queue(args: tuple[Any, ...], queue: str | None) -> tuple[Any, ...]:
+    """``args`` with the queue appended, for the ``by_queue`` form of a statement."""
+    return args if queue is None else (*args, queue)
+
+
+def _choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: str | None) -> list[str]:
+    """The ids of the runs to claim, in claim order, chosen as ``MemoryStore.claim`` does: the ready runs of every
+    queue by priority then due time, skipping those a limited queue cannot take now (no room left under its
+    global concurrency; for a first start, no start left under its rate limit), up to ``limit``.
+
+    Runs of unlimited queues come from one statement; each limited queue with ready runs adds its first
+    ``limit`` of each kind (never started, started before, expired lease): enough, since no more than ``limit``
+    of a kind can be taken. Runs inside the write transaction (``BEGIN IMMEDIATE``), so counts cannot go stale.
+    """
+    ready = db.execute(q.claim_candidates(queue is not None, probe=False), _by_queue((names, now, limit), queue))
+    candidates = ready.fetchall()
+    allowance: dict[str, tuple[float, float]] = {}
+    limited = db.execute(*((q.LIMITED_QUEUES, ()) if queue is None else (q.LIMITED_QUEUE, (queue,)))).fetchall()
+    for name, concurrency, rate, period in limited:
+        found = db.execute(q.QUEUE_CANDIDATES, (names, now, limit, name)).fetchall()
+        if not found:
+            continue
+        room: float = float("inf")
+        starts: float = float("inf")
+        if concurrency is not None:
+            room = concurrency - db.execute(q.QUEUE_LEASES, (name, now)).fetchone()[0]
+        if rate is not None and period is not None:
+            since = now - round(period * 1e6)
+            starts = rate - db.execute(q.QUEUE_STARTS, (name, since)).fetchone()[0]
+        allowance[name] = (room, starts)
+        candidates += found
+    candidates.sort(key=lambda c: (-c[2], c[3], c[4], c[0]))  # priority, due time, creation, id
+    chosen: list[str] = []
+    for run_id, run_queue, _priority, _due, _created, fresh in candidates:
+        if len(chosen) >= limit:
+            break
+        if run_queue in allowance:
+            room, starts = allowance[run_queue]
+            if room <= 0 or (fresh and starts <= 0):
+                continue
+            allowance[run_queue] = (room - 1, starts - 1 if fresh else starts)
+        chosen.append(run_id)
+    return chosen
+
+
+def _queue_config(row: Sequence[Any]) -> QueueConfig:
+    """A ``QueueConfig`` from a row of ``durable_queues`` (``paused`` is stored as 0 or 1)."""
+    name, paused, concurrency, rate, period = row
+    return QueueConfig(name, bool(paused), concurrency, rate, period)
 
 
 def _check_open(db: sqlite3.Connection, run_id: str) -> None:

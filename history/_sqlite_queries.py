@@ -88,24 +88,86 @@ def list_runs(by_workflow: bool, by_status: bool, after: bool) -> str:
     return f"SELECT {RUN_COLUMNS} FROM durable_runs {clause} ORDER BY created_at DESC, id DESC LIMIT ?1"
 
 
-# The ids of up to ?3 ready runs of the workflows in JSON array ?1 at time ?2, in claim order. Two branches,
-# each on its own partial index: unleased runs (the normal case) and expired leases (a worker died). The unary
-# "+" in "+workflow" keeps SQLite from preferring the workflow index, which also holds every finished run.
-CLAIM_CANDIDATES = f"""
-SELECT id FROM (
+_LIMITED = "(global_concurrency IS NOT NULL OR (rate_limit IS NOT NULL AND rate_period IS NOT NULL))"
+"""SQL test of a ``durable_queues`` row: the queue has a limit (a rate limit needs both the count and the period)."""
+
+_CANDIDATE = "id, queue, priority, coalesce(wake_at, created_at) AS sort_at, created_at, started_at IS NULL AS fresh"
+"""What ``SqliteStore`` needs of a candidate to choose as ``MemoryStore.claim`` does."""
+
+_UNLEASED = f"lease_owner IS NULL AND status NOT IN {FINISHED} AND coalesce(wake_at, created_at) <= ?2"
+_EXPIRED = (
+    f"lease_owner IS NOT NULL AND lease_expires_at <= ?2 AND status NOT IN {FINISHED} "
+    f"AND (wake_at IS NULL OR wake_at <= ?2)"
+)
+_IN_ORDER = "ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id"
+
+
+@cache
+def claim_candidates(by_queue: bool, probe: bool) -> str:
+    """Up to ``?3`` ready runs of the workflows in JSON array ``?1`` at time ``?2`` (of queue ``?4`` when
+    ``by_queue``), in claim order, from queues neither paused nor limited (``probe``: from every queue not
+    paused, and only the first one's id: whether a claim can take anything, without the write lock).
+
+    Two branches, each on its own partial index: unleased runs (the normal case) and expired leases (a worker
+    died). The unary "+" in "+workflow" keeps SQLite from preferring the workflow index, which also holds every
+    finished run. With ``by_queue`` the unleased branch can read the queue's range of ``durable_runs_queue``
+    (the redundant "lease_expires_at IS NULL": a lease's owner and expiry are set and cleared together).
+    """
+    held = "paused" if probe else f"paused OR {_LIMITED}"
+    where = (
+        "AND +workflow IN (SELECT value FROM json_each(?1)) "
+        f"AND queue NOT IN (SELECT name FROM durable_queues WHERE {held})"
+    )
+    if by_queue:
+        where += " AND queue = ?4"
+    unleased = " AND lease_expires_at IS NULL" if by_queue else ""
+    return f"""
+SELECT {"id" if probe else "*"} FROM (
     SELECT * FROM (
-        SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at FROM durable_runs
-        WHERE lease_owner IS NULL AND status NOT IN {FINISHED}
-          AND +workflow IN (SELECT value FROM json_each(?1)) AND coalesce(wake_at, created_at) <= ?2
-        ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, id LIMIT ?3)
+        SELECT {_CANDIDATE} FROM durable_runs
+        WHERE {_UNLEASED}{unleased} {where}
+        {_IN_ORDER} LIMIT ?3)
     UNION ALL
     SELECT * FROM (
-        SELECT id, priority, coalesce(wake_at, created_at) AS sort_at, created_at FROM durable_runs
-        WHERE lease_owner IS NOT NULL AND lease_expires_at <= ?2 AND status NOT IN {FINISHED}
-          AND +workflow IN (SELECT value FROM json_each(?1)) AND (wake_at IS NULL OR wake_at <= ?2)
+        SELECT {_CANDIDATE} FROM durable_runs
+        WHERE {_EXPIRED} {where}
         ORDER BY lease_expires_at LIMIT ?3)
 )
-ORDER BY priority DESC, sort_at, created_at, id LIMIT ?3"""
+ORDER BY priority DESC, sort_at, created_at, id LIMIT {"1" if probe else "?3"}"""
+
+
+# The limited queues that are not paused (only queue ?1 when given: by_queue): name and limits.
+LIMITED_QUEUES = f"""
+SELECT name, global_concurrency, rate_limit, rate_period FROM durable_queues WHERE NOT paused AND {_LIMITED}"""
+LIMITED_QUEUE = LIMITED_QUEUES + " AND name = ?1"
+
+# Up to ?3 of each kind of ready run of limited queue ?4 (workflows in JSON array ?1, time ?2), in claim order:
+# never started, started before and unleased, expired leases. SqliteStore chooses among them within the limits.
+QUEUE_CANDIDATES = f"""
+SELECT * FROM (
+    SELECT {_CANDIDATE} FROM durable_runs
+    WHERE queue = ?4 AND lease_expires_at IS NULL AND {_UNLEASED} AND started_at IS NULL
+      AND +workflow IN (SELECT value FROM json_each(?1))
+    {_IN_ORDER} LIMIT ?3)
+UNION ALL
+SELECT * FROM (
+    SELECT {_CANDIDATE} FROM durable_runs
+    WHERE queue = ?4 AND lease_expires_at IS NULL AND {_UNLEASED} AND started_at IS NOT NULL
+      AND +workflow IN (SELECT value FROM json_each(?1))
+    {_IN_ORDER} LIMIT ?3)
+UNION ALL
+SELECT * FROM (
+    SELECT {_CANDIDATE} FROM durable_runs
+    WHERE queue = ?4 AND {_EXPIRED} AND +workflow IN (SELECT value FROM json_each(?1))
+    {_IN_ORDER} LIMIT ?3)"""
+
+# How many runs of queue ?1 hold a live lease at time ?2 (for its global concurrency).
+QUEUE_LEASES = f"""
+SELECT count(*) FROM durable_runs
+WHERE queue = ?1 AND lease_expires_at > ?2 AND lease_owner IS NOT NULL AND status NOT IN {FINISHED}"""
+
+# How many runs of queue ?1 started for the first time after ?2 (for its rate limit; finished ones too).
+QUEUE_STARTS = "SELECT count(*) FROM durable_runs WHERE queue = ?1 AND started_at > ?2"
 
 # Lease run ?4 to worker ?1 until ?2, at time ?3.
 LEASE = f"""
@@ -231,6 +293,57 @@ def list_pending_inputs(by_run: bool, by_workflow: bool) -> str:
 
 # The runs started by run ?1, oldest first.
 LIST_CHILDREN = f"SELECT {RUN_COLUMNS} FROM durable_runs WHERE parent_id = ?1 ORDER BY created_at, id"
+
+# --- queues --------------------------------------------------------------------------------------------------
+
+# Change queue ?1's settings at time ?9, creating its row: ?2 paused (NULL: unchanged); ?3, ?5, ?7 whether to set
+# the global concurrency ?4, the rate limit ?6 and its period ?8 (NULL: no limit); return the settings.
+CONFIGURE_QUEUE = """
+INSERT INTO durable_queues (name, paused, global_concurrency, rate_limit, rate_period, updated_at)
+VALUES (?1, coalesce(?2, 0), CASE WHEN ?3 THEN ?4 END, CASE WHEN ?5 THEN ?6 END, CASE WHEN ?7 THEN ?8 END, ?9)
+ON CONFLICT (name) DO UPDATE
+SET paused = coalesce(?2, paused),
+    global_concurrency = CASE WHEN ?3 THEN ?4 ELSE global_concurrency END,
+    rate_limit = CASE WHEN ?5 THEN ?6 ELSE rate_limit END,
+    rate_period = CASE WHEN ?7 THEN ?8 ELSE rate_period END,
+    updated_at = ?9
+RETURNING name, paused, global_concurrency, rate_limit, rate_period"""
+
+# Every queue that has settings or runs (finished ones too), by name (BINARY: code point order, as Python sorts),
+# with the defaults for queues never configured. The runs' queue names are read by a loose index scan of
+# durable_runs_queue_started: one index probe per queue, however many runs.
+LIST_QUEUES = """
+WITH RECURSIVE used(name) AS (
+    SELECT min(queue) FROM durable_runs
+    UNION ALL
+    SELECT (SELECT min(queue) FROM durable_runs WHERE queue > used.name) FROM used WHERE used.name IS NOT NULL
+), names(name) AS (
+    SELECT name FROM used WHERE name IS NOT NULL
+    UNION
+    SELECT name FROM durable_queues
+)
+SELECT n.name, coalesce(q.paused, 0), q.global_concurrency, q.rate_limit, q.rate_period
+FROM names n LEFT JOIN durable_queues q ON q.name = n.name
+ORDER BY n.name"""
+
+# Queue ?1 at time ?2: its unfinished runs counted by state as MemoryStore.queue_stats does (running: a live
+# lease; otherwise scheduled or waiting: a wake time to come, never started or started; otherwise pending), the
+# due time of the oldest pending run, and its settings (defaults when none). Reads the queue's range of
+# durable_runs_queue.
+QUEUE_STATS = f"""
+SELECT s.*, coalesce(q.paused, 0), q.global_concurrency, q.rate_limit, q.rate_period
+FROM (
+    SELECT coalesce(sum(live), 0), coalesce(sum(NOT live AND NOT later), 0),
+           coalesce(sum(NOT live AND later AND fresh), 0), coalesce(sum(NOT live AND later AND NOT fresh), 0),
+           min(CASE WHEN NOT live AND NOT later THEN due END)
+    FROM (
+        SELECT coalesce(lease_owner IS NOT NULL AND lease_expires_at > ?2, 0) AS live,
+               coalesce(wake_at > ?2, 0) AS later, started_at IS NULL AS fresh, coalesce(wake_at, created_at) AS due
+        FROM durable_runs
+        WHERE queue = ?1 AND status NOT IN {FINISHED}
+    )
+) AS s
+LEFT JOIN durable_queues q ON q.name = ?1"""
 
 # --- workers -------------------------------------------------------------------------------------------------
 
