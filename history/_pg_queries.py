@@ -181,18 +181,19 @@ def claim(by_queue: bool) -> str:
     held = "(SELECT paused || limited FROM held)"
     where = f"AND queue = $5 AND queue <> ALL({held}::text[])" if by_queue else f"AND queue <> ALL({held}::text[])"
     where += " AND NOT (SELECT found FROM limited_ready)"
-    probe = (
-        "$5 = ANY((SELECT limited FROM held)::text[]) AND r.queue = $5"
-        if by_queue
-        else ("r.queue = ANY((SELECT limited FROM held)::text[])")
-    )
+    only = " WHERE l.name = $5" if by_queue else ""
     return f"""
 WITH held AS (  -- queues this statement leaves alone; read once (durable_queues is small)
     SELECT coalesce(array_agg(name) FILTER (WHERE paused), '{{}}') AS paused,
            coalesce(array_agg(name) FILTER (WHERE NOT paused), '{{}}') AS limited
     FROM durable_queues WHERE paused OR {_LIMITED}
-), limited_ready AS (  -- whether runs of limited queues are ready (a probe of an empty list: nothing to read)
-    SELECT {_ready_in(probe, "now()")} AS found
+), limited_ready AS (
+    -- Whether runs of limited queues are ready: two index probes per limited queue; none when there is none.
+    -- Per queue name, not "queue = ANY(array)": the planner cannot see that array and guesses a sequential scan.
+    SELECT EXISTS (
+        SELECT FROM unnest((SELECT limited FROM held)::text[]) AS l(name){only}
+        {"AND" if by_queue else "WHERE"} {_ready_in("r.queue = l.name", "now()")}
+    ) AS found
 ), {_candidates("now()", where, " AND lease_expires_at IS NULL" if by_queue else "")},
 {_lease("now()", "SELECT * FROM unleased UNION ALL SELECT * FROM expired")}
 SELECT f.found, l.* FROM limited_ready f LEFT JOIN leased l ON true
