@@ -175,7 +175,8 @@ class CrashingStore:
         self._inner = inner
         self.crash_after = crash_after
         self.commit_first = commit_first
-        self.crashed = asyncio.Event()
+        self.crashed = asyncio.Event()  # set when the crash is decided (before a commit that goes first)
+        self.dead = asyncio.Event()  # set when nothing more of this worker can reach the store
         self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # held: hung tasks stay alive
         self.appends: list[tuple[int, int]] = []  # (first_seq, number of events) of every append that landed
 
@@ -201,12 +202,14 @@ class CrashingStore:
         if self.crashed.is_set():
             await self._dead()
         ends = [item.first_seq - 1 + len(item.events) for item in batch]
-        if self.crash_after is not None and any(end > self.crash_after for end in ends):
-            if self.commit_first:
-                await self._record(batch)
-            self.crashed.set()
-            await self._dead()
-        return await self._record(batch)
+        if self.crash_after is None or all(end <= self.crash_after for end in ends):
+            return await self._record(batch)
+        # Decided before the commit: whoever sees the run finished by this very append knows it was the last.
+        self.crashed.set()
+        if self.commit_first:
+            await self._record(batch)
+        self.dead.set()
+        await self._dead()
 
     async def _record(self, batch: Sequence[Append]) -> list[Exception | None]:
         outcomes = await self._inner.append(batch)
@@ -348,6 +351,7 @@ async def _execute(
         done = asyncio.create_task(_finished(store, run_id, errors))
         await asyncio.wait([done, asyncio.create_task(crashing.crashed.wait())], return_when=asyncio.FIRST_COMPLETED)
         if crashing.crashed.is_set():
+            await crashing.dead.wait()
             result.crashed = True
             result.history_at_crash = await store.read_history(run_id)
             result.executions_at_crash = collections.Counter(EXECUTIONS)
@@ -363,7 +367,8 @@ async def _execute(
         result.history = await store.read_history(run_id)
         result.executions = collections.Counter(EXECUTIONS)
         result.appends = crashing.appends
-        assert not first_task.done() or not crashing.crashed.is_set(), "a crashed worker cannot have stopped"
+        if crashing.crashed.is_set() and first_task.done():
+            raise AssertionError(f"the crashed worker stopped: {first_task!r}, {first_task.exception()!r}")
         return result
     finally:
         # What is left of the first worker hangs forever if it crashed: end it without letting it write.

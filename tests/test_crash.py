@@ -30,7 +30,16 @@ from typing import Any
 import pytest
 
 import durable
-from history import RecordedEvent, RunCompleted, RunRecord, StepCompleted, StepFailed, StepScheduled
+from history import (
+    RecordedEvent,
+    RunCompleted,
+    RunRecord,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    TimerFired,
+    TimerStarted,
+)
 
 from . import crash_app
 
@@ -236,12 +245,17 @@ async def check_none_blocked(engine: durable.Engine, run_ids: list[str]) -> None
 
 
 def check_recorded_once(history: list[RecordedEvent]) -> None:
-    """Sequence numbers without gaps, each step scheduled and completed exactly once, the run's end last."""
+    """Sequence numbers without gaps, each step scheduled and completed exactly once, each timer started and
+    fired exactly once, the run's end last."""
     assert [r.seq for r in history] == list(range(1, len(history) + 1))
-    scheduled = collections.Counter(r.event.command_id for r in history if isinstance(r.event, StepScheduled))
-    completed = collections.Counter(r.event.command_id for r in history if isinstance(r.event, StepCompleted))
-    assert set(scheduled.values()) == {1}
-    assert completed == scheduled
+
+    def count(kind: type) -> collections.Counter[int]:
+        return collections.Counter(r.event.command_id for r in history if isinstance(r.event, kind))
+
+    assert set(count(StepScheduled).values()) == {1}
+    assert count(StepCompleted) == count(StepScheduled)
+    assert set(count(TimerStarted).values()) <= {1}
+    assert count(TimerFired) == count(TimerStarted)
     assert not [r for r in history if isinstance(r.event, StepFailed)]
     assert isinstance(history[-1].event, RunCompleted)
 
