@@ -1,0 +1,1 @@
+"""Benchmarks: ``bench_core`` (Durable alone) and ``compare_peers`` (Durable beside DBOS, Absurd and Temporal)."""
