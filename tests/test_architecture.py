@@ -49,7 +49,8 @@ def test_public_names_are_pinned() -> None:
     assert durable.__all__ == sorted(durable.__all__)
     assert set(durable.__all__) == {
         "Cancelled", "ChildHandle", "ChildWorkflowFailed", "InputAlreadyProvided", "InputNotPending",
-        "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished", "WaitTimeout", "WorkflowTimeout",
+        "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished",
+        "WaitTimeout", "WorkflowTimeout",
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
         "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",
         "PayloadTooLarge", "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -144,7 +144,7 @@ async def test_long_sleep_releases_the_run_and_holds_no_worker_memory(engine_url
         await asyncio.sleep(0.5)
         execution = await engine.get_execution(run.id)
         assert execution.status == "waiting"
-        assert execution.wake_at is not None and execution.wake_at > datetime.now(timezone.utc)
+        assert execution.wake_at is not None and execution.wake_at > datetime.now(UTC)
         assert engine.worker is not None and run.id not in engine.worker._drivers
         assert await run.result(timeout=20) == "slept 1.0"
 
@@ -195,7 +195,7 @@ async def test_list_executions_filters_and_pages(engine_url: str) -> None:
 
 async def test_bad_input_is_refused_before_anything_is_stored(engine_url: str) -> None:
     async with durable.Engine(engine_url, worker=False) as engine:
-        with pytest.raises(durable.PayloadError, match="input of workflow 'sequence'.*type object"):
+        with pytest.raises(durable.PayloadError, match=r"input of workflow 'sequence'.*type object"):
             await engine.start(wf.sequence, object())
         with pytest.raises(TypeError, match="workflow 'sequence' takes"):
             await engine.start(wf.sequence, 1, 2)
@@ -232,7 +232,7 @@ async def test_unserializable_step_argument_fails_the_run_naming_the_step(engine
 async def test_result_timeout_leaves_the_run_going() -> None:
     async with durable.Engine(store=MemoryStore(), horizon=0.1) as engine:
         run = await engine.start(wf.sleeper, 0.6)
-        with pytest.raises(durable.ResultTimeout, match="did not finish within 0.1s"):
+        with pytest.raises(durable.ResultTimeout, match=r"did not finish within 0\.1s"):
             await run.result(timeout=0.1)
         assert await run.result(timeout=10) == "slept 0.6"
 

@@ -98,7 +98,7 @@ async def asyncio_timers(ctx: durable.WorkflowContext) -> str:
     await asyncio.sleep(0.01)
     try:
         await asyncio.wait_for(ctx.sleep(60), timeout=0.02)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "timed out"
     return "slept"
 
