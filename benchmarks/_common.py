@@ -230,6 +230,17 @@ def measurement_main(metrics: dict[str, Callable[..., Awaitable[dict[str, Any]]]
     emit(result)
 
 
+_ACTIVE: set[subprocess.Popen[bytes]] = set()
+"""Measurement processes running now (each leads its own process group, with its workers)."""
+
+
+def kill_active_measurements() -> None:
+    """Kill every running measurement with its workers (when the benchmark itself is interrupted)."""
+    for proc in list(_ACTIVE):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_measurement(module: str, metric: str, url: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh process of this interpreter; its JSON result (or {'error': ...})."""
     log = log_path(f"{module.rsplit('.', 1)[-1]}-{metric}")
@@ -239,6 +250,7 @@ def run_measurement(module: str, metric: str, url: str, params: dict[str, Any], 
     # Its own process group (session), which holds the workers it starts: on a timeout the whole group goes.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
+    _ACTIVE.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -247,6 +259,8 @@ def run_measurement(module: str, metric: str, url: str, params: dict[str, Any], 
         out, err = proc.communicate()
         Path(log).write_bytes(out + err)
         return {"error": f"timed out after {timeout:.0f}s (log: {log})"}
+    finally:
+        _ACTIVE.discard(proc)
     with contextlib.suppress(ProcessLookupError):  # workers left behind by a failed measurement
         os.killpg(proc.pid, signal.SIGKILL)
     Path(log).write_bytes(out + err)

@@ -483,5 +483,21 @@ def targets(R: dict[str, Any], f_lat: Any, f_r1: Any, f_r4: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run() -> None:
+    """``main()``, killing the measurement in progress (and its workers) if interrupted or terminated."""
+    import signal
+
+    from ._common import kill_active_measurements
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        asyncio.run(main())
+    finally:
+        kill_active_measurements()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()
