@@ -104,15 +104,17 @@ _LEASED_COLUMNS = ", ".join("r." + c for c in RUN_COLUMNS.split(", "))
 
 def _ready_in(queues: str, now: str, workflows: str = "$2") -> str:
     """Whether runs of the ``workflows`` in the queues ``queues`` selects (a condition on ``r.queue``) are ready:
-    two probes, each a tight range of ``durable_runs_queue`` (unleased and due; expired leases)."""
-    return f"""(EXISTS (
+    one EXISTS over two branches, each a tight range of ``durable_runs_queue`` (unleased and due; expired
+    leases) that stops at the first row. Not "EXISTS … OR EXISTS …": the planner may turn that into a hashed
+    subplan that reads every ready run."""
+    return f"""EXISTS (
         SELECT FROM durable_runs r
         WHERE {queues} AND r.lease_expires_at IS NULL AND coalesce(r.wake_at, r.created_at) <= {now}
-          AND r.lease_owner IS NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[]))
-      OR EXISTS (
+          AND r.lease_owner IS NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[])
+        UNION ALL
         SELECT FROM durable_runs r
         WHERE {queues} AND r.lease_expires_at <= {now} AND (r.wake_at IS NULL OR r.wake_at <= {now})
-          AND r.lease_owner IS NOT NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[])))"""
+          AND r.lease_owner IS NOT NULL AND r.status NOT IN {FINISHED} AND r.workflow = ANY({workflows}::text[]))"""
 
 
 def _candidates(now: str, where: str, unleased_where: str = "") -> str:
