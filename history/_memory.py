@@ -360,14 +360,12 @@ class MemoryStore:
     async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
         """Earliest future wake time among unleased, unfinished runs of these workflows."""
         times = [
-            r.wake_at
+            r.wake_at if r.lease_owner is None else r.lease_expires_at
             for r in self._runs.values()
-            if r.wake_at is not None
-            and r.workflow in workflows
-            and r.status not in FINISHED_STATUSES
-            and r.lease_owner is None
+            if r.workflow in workflows and r.status not in FINISHED_STATUSES
         ]
-        return min(times, default=None)
+        # A lease that expires makes its run claimable: a crashed worker's runs are taken over then.
+        return min((t for t in times if t is not None), default=None)
 
     async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
         """Remember the names this worker serves."""

@@ -422,9 +422,14 @@ RETURNING id"""
 # The earliest wake time among unleased, unfinished runs of these workflows (in the order of the claim index,
 # where a run with a wake time is due at it).
 NEXT_WAKE_AT = f"""
-SELECT wake_at FROM durable_runs
-WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL AND workflow = ANY($1::text[])
-ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+SELECT least(
+    (SELECT wake_at FROM durable_runs
+     WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL AND workflow = ANY($1::text[])
+     ORDER BY coalesce(wake_at, created_at) LIMIT 1),
+    -- a lease that expires makes its run claimable: a crashed worker's runs are taken over then, not a poll later
+    (SELECT lease_expires_at FROM durable_runs
+     WHERE lease_owner IS NOT NULL AND status NOT IN {FINISHED} AND workflow = ANY($1::text[])
+     ORDER BY lease_expires_at LIMIT 1))"""
 
 # --- waiting on the world (inbox, inputs, children) ----------------------------------------------------------
 

@@ -527,7 +527,7 @@ class PostgresStore:
             raise lease_lost(run_id)
 
     async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
-        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows."""
+        """The earliest time a run of these workflows may become claimable (a wake time or a lease expiry)."""
         if not workflows:
             return None
         wake_at: datetime | None = await self._db.fetchval(q.NEXT_WAKE_AT, list(workflows))

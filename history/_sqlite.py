@@ -541,7 +541,7 @@ class SqliteStore:
             raise lease_lost(run_id)
 
     async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
-        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows."""
+        """The earliest time a run of these workflows may become claimable (a wake time or a lease expiry)."""
         if not workflows:
             return None
         us = await self._call(self._scalar, q.NEXT_WAKE_AT, (_json.encode(list(workflows)),))

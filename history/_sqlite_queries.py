@@ -221,10 +221,19 @@ WHERE id = ?1 AND lease_owner = ?2 AND lease_epoch = ?3 AND lease_expires_at > ?
 # The earliest wake time among unleased, unfinished runs of the workflows in JSON array ?1 (in the order of the
 # claim index, where a run with a wake time is due at it).
 NEXT_WAKE_AT = f"""
-SELECT wake_at FROM durable_runs
-WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL
-  AND +workflow IN (SELECT value FROM json_each(?1))
-ORDER BY coalesce(wake_at, created_at) LIMIT 1"""
+SELECT min(t) FROM (
+    SELECT * FROM (
+        SELECT wake_at AS t FROM durable_runs
+        WHERE lease_owner IS NULL AND status NOT IN {FINISHED} AND wake_at IS NOT NULL
+          AND +workflow IN (SELECT value FROM json_each(?1))
+        ORDER BY coalesce(wake_at, created_at) LIMIT 1)
+    UNION ALL
+    -- a lease that expires makes its run claimable: a crashed worker's runs are taken over then, not a poll later
+    SELECT * FROM (
+        SELECT lease_expires_at AS t FROM durable_runs
+        WHERE lease_owner IS NOT NULL AND status NOT IN {FINISHED}
+          AND +workflow IN (SELECT value FROM json_each(?1))
+        ORDER BY lease_expires_at LIMIT 1))"""
 
 # --- waiting on the world (inbox, inputs, children) ----------------------------------------------------------
 

@@ -112,7 +112,8 @@ class Store(Protocol):
         retry it at ``retry_at`` (fixed code may have been deployed by then)."""
 
     async def next_wake_at(self, workflows: Sequence[str]) -> datetime | None:
-        """The earliest ``wake_at`` among unleased, unfinished runs of these workflows that are not ready yet."""
+        """The earliest time a run of these workflows may become claimable: the ``wake_at`` of unleased
+        unfinished runs, or the expiry of a lease (a crashed worker's runs are taken over when it passes)."""
 
     async def register_workflows(self, worker_id: str, names: Sequence[str]) -> None:
         """Record that a worker serves these workflow names (so a client can tell unknown names)."""

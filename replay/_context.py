@@ -38,11 +38,18 @@ class WorkflowContext:
     and ``sleep_until`` are durable timers.
     """
 
-    __slots__ = ("_instance", "_random")
+    __slots__ = ("_instance", "_rng", "_seed")
 
     def __init__(self, instance: WorkflowInstance, seed: int) -> None:
         self._instance = instance
-        self._random = _random.Random(seed)
+        self._seed = seed
+        self._rng: _random.Random | None = None  # made on first use: most workflows never draw a number
+
+    @property
+    def _random(self) -> _random.Random:
+        if self._rng is None:
+            self._rng = _random.Random(self._seed)
+        return self._rng
 
     @property
     def run_id(self) -> str:

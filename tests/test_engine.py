@@ -248,3 +248,17 @@ async def test_a_restarted_engine_fires_an_overdue_timer_at_once() -> None:
     async with durable.Engine(store=store, horizon=0.1, poll_interval=60) as engine:
         slept = await engine.get_handle(run.id).result(timeout=10)
     assert float(slept.split()[1]) >= 0.6  # ctx.now() after the sleep is the real (late) firing time
+
+
+async def test_a_dead_workers_run_is_taken_over_when_its_lease_expires_not_a_poll_later(engine_url: str) -> None:
+    shared = {"store": MemoryStore()} if engine_url == "memory://" else {"url": engine_url}
+    async with durable.Engine(**shared, worker=False) as client:
+        run = await client.start(wf.sequence, 3)
+        # A worker claims the run and dies at once: its lease (1 s) is never renewed and never released.
+        [claim] = await client.store.claim("dead-worker", ["sequence"], 1, 1.0)
+        assert claim.run.id == run.id
+    # With a fallback poll of a minute, only the lease expiry as a known wake time lets a worker finish in time.
+    async with durable.Engine(**shared, poll_interval=60) as engine:
+        assert await engine.get_handle(run.id).result(timeout=20) == 3
+        execution = await engine.get_execution(run.id)
+    assert execution.worker is None and execution.status == "completed"

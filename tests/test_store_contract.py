@@ -197,15 +197,17 @@ async def test_two_store_instances_never_claim_the_same_run(store: Store, store_
 
 
 async def test_claim_takes_only_runs_whose_wake_time_has_come(store: Store) -> None:
-    later, _ = await store.create_run(new_run(wake_at=now() + timedelta(hours=1)))
+    await store.create_run(new_run(wake_at=now() + timedelta(hours=1)))  # not due for an hour
     soon, _ = await store.create_run(new_run(wake_at=now() + timedelta(seconds=0.3)))
     due, _ = await store.create_run(new_run(wake_at=now() - timedelta(seconds=1)))
-    assert [c.run.id for c in await store.claim("w1", ["wf"], 10, 30)] == [due.id]
-    assert await store.next_wake_at(["wf"]) == soon.wake_at
+    [first] = await store.claim("w1", ["wf"], 10, 30)
+    assert first.run.id == due.id
+    assert await store.next_wake_at(["wf"]) == soon.wake_at  # before the lease of `due` expires
     await asyncio.sleep(0.4)
     [claim] = await store.claim("w1", ["wf"], 10, 30)
     assert claim.run.id == soon.id and claim.run.wake_at is None
-    assert await store.next_wake_at(["wf"]) == later.wake_at
+    # `later` wakes in an hour; the lease taken on `due` expires (if never renewed) sooner: that comes first.
+    assert await store.next_wake_at(["wf"]) == first.run.lease_expires_at
 
 
 async def test_claim_order_is_priority_then_wake_or_creation_time(store: Store) -> None:
@@ -373,7 +375,8 @@ async def test_an_append_that_keeps_the_lease_still_sets_wake_at(store: Store) -
     assert await store.append([append(claim, wake_at=wake)]) == [None]
     run = await store.get_run(claim.run.id)
     assert run is not None and run.wake_at == wake and run.lease_owner == "w1"
-    assert await store.next_wake_at(["wf"]) is None  # leased runs do not count
+    # A leased run counts by its lease's expiry (when another worker could take it), not by its wake time.
+    assert await store.next_wake_at(["wf"]) == run.lease_expires_at
 
 
 @pytest.mark.parametrize(

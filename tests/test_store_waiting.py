@@ -150,9 +150,10 @@ async def test_a_continued_run_is_finished_and_never_claimed(store: Store) -> No
     run = await store.get_run(claim.run.id)
     assert run is not None and run.status == CONTINUED and run.finished and run.finished_at is not None
     assert (run.lease_owner, run.wake_at) == (None, None)
-    assert [c.run.id for c in await store.claim("w2", ["wf"], 10, 30)] == [successor.id]
+    [taken] = await store.claim("w2", ["wf"], 10, 30)
+    assert taken.run.id == successor.id
     assert await store.claim("w3", ["wf"], 10, 30) == []
-    assert await store.next_wake_at(["wf"]) is None
+    assert await store.next_wake_at(["wf"]) == taken.run.lease_expires_at  # the successor's lease, not the run
     assert [r.id for r in (await store.list_runs(status=CONTINUED)).runs] == [claim.run.id]
     with pytest.raises(RunAlreadyFinished, match=claim.run.id):
         await store.send_message(claim.run.id, "event", "go", b"1")
