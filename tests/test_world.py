@@ -266,3 +266,17 @@ async def test_continue_as_new_chains_runs_and_result_follows_the_chain(engine_u
     assert first.status == "continued" and first.continued_as == f"{run.id}~1"
     assert last.status == "completed" and last.continued_from == f"{run.id}~2"
     assert len(history) == 4  # started, step scheduled + completed, continued: bounded per run
+
+
+async def test_a_wait_timeout_fires_after_a_worker_restart(engine_url: str) -> None:
+    from history import MemoryStore
+
+    shared = {"store": MemoryStore()} if engine_url == "memory://" else {"url": engine_url}
+    async with durable.Engine(**shared, horizon=0.1) as first:
+        run = await first.start(wf.waits_for_payment, "o-restart", 1.0)
+        await _until(lambda: _status_is(first, run.id, "waiting"))
+    await asyncio.sleep(1.2)  # the wait's timeout passes while no worker runs
+    async with durable.Engine(**shared, poll_interval=60) as second:  # no poll could rescue it in time
+        with pytest.raises(durable.WorkflowFailed) as info:
+            await second.get_handle(run.id).result(timeout=20)
+    assert info.value.error_type == "replay._errors.WaitTimeout"
