@@ -185,7 +185,39 @@ def expected_slow(seconds: float) -> list[Any]:
     return [2, f"slept {seconds}", 5]
 
 
-WORKFLOWS = {wf.name: wf for wf in (crash_seq, crash_sleepy, crash_mixed, crash_slow)}
+@durable.step(name="crash.refund")
+async def refund(phase: int, amount: int) -> str:
+    """The compensation of ``charge``: called with its arguments, so its phase is the charge's."""
+    side_effect(phase)
+    return f"refunded {amount}"
+
+
+@durable.step(name="crash.charge", compensate=refund)
+async def charge(phase: int, amount: int) -> str:
+    side_effect(phase)
+    return f"charged {amount}"
+
+
+SAGA_ERROR = "the card was declined for good"
+
+
+@durable.step(name="crash.decline", retry=durable.Retry(max_attempts=1))
+async def decline(phase: int) -> None:
+    side_effect(phase)
+    raise RuntimeError(SAGA_ERROR)
+
+
+@durable.workflow(name="crash_saga")
+async def crash_saga(ctx: durable.WorkflowContext, n: int) -> None:
+    """``n`` charges (charge ``i`` is command ``i + 1``, phase ``i``, amount ``10 (i + 1)``), then a step that
+    fails for good (command ``n + 1``, phase ``n``): the refunds run, most recent first, and the refund of charge
+    ``i`` is command ``2n + 1 - i`` (phase ``i``, the charge's arguments)."""
+    for i in range(n):
+        await charge(i, 10 * (i + 1))
+    await decline(n)
+
+
+WORKFLOWS = {wf.name: wf for wf in (crash_seq, crash_sleepy, crash_mixed, crash_slow, crash_saga)}
 
 
 # -- the worker process -------------------------------------------------------------------------------------------
