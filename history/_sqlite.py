@@ -338,6 +338,19 @@ class SqliteStore:
             self.hub.notify_work()
         return run, created
 
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        """``create_run`` for each, in order, in one transaction; one wake-up for the batch."""
+        if not news:
+            return []
+        results = await self._write(self._create_runs, list(news))
+        if any(created for _, created in results):
+            self.hub.notify_work()
+        return results
+
+    @classmethod
+    def _create_runs(cls, db: sqlite3.Connection, now: int, news: list[NewRun]) -> list[tuple[RunRecord, bool]]:
+        return [cls._create_run(db, now, new) for new in news]
+
     @staticmethod
     def _create_run(db: sqlite3.Connection, now: int, new: NewRun) -> tuple[RunRecord, bool]:
         row = db.execute(
@@ -411,8 +424,8 @@ class SqliteStore:
 
     def _claim(self, worker_id: str, names: bytes, limit: int, lease_us: int, queue: str | None) -> list[Claim]:
         # Look without the write lock first: an idle worker's poll then never blocks another process's writes.
-        probe = q.claim_candidates(queue is not None, probe=True)
-        if self._connection().execute(probe, _by_queue((names, _now_us(), limit), queue)).fetchone() is None:
+        probe = q.claim_probe(queue is not None)
+        if self._connection().execute(probe, _by_queue((names, _now_us()), queue)).fetchone() is None:
             return []
         return self._transaction(self._lease, worker_id, names, limit, lease_us, queue)
 
@@ -698,15 +711,20 @@ def _choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: s
     queue by priority then due time, skipping those a limited queue cannot take now (no room left under its
     global concurrency; for a first start, no start left under its rate limit), up to ``limit``.
 
-    Runs of unlimited queues come from one statement; each limited queue with ready runs adds its first
-    ``limit`` of each kind (never started, started before, expired lease): enough, since no more than ``limit``
-    of a kind can be taken. Runs inside the write transaction (``BEGIN IMMEDIATE``), so counts cannot go stale.
+    Runs of queues neither paused nor limited come from one statement; each limited queue with ready runs adds
+    its first ``limit`` of each kind (never started, started before, expired lease): enough, since no more than
+    ``limit`` of a kind can be taken. Runs inside the write transaction (``BEGIN IMMEDIATE``), so the counts
+    cannot go stale before the runs are leased.
     """
-    ready = db.execute(q.claim_candidates(queue is not None, probe=False), _by_queue((names, now, limit), queue))
-    candidates = ready.fetchall()
+    held = [row for row in db.execute(q.HELD_QUEUES) if queue is None or row[0] == queue]
+    args = _by_queue((names, now, limit), queue)
+    if held:
+        args = (*args, _json.encode([row[0] for row in held]))
+    candidates = db.execute(q.claim_candidates(queue is not None, exclude=bool(held)), args).fetchall()
     allowance: dict[str, tuple[float, float]] = {}
-    limited = db.execute(*((q.LIMITED_QUEUES, ()) if queue is None else (q.LIMITED_QUEUE, (queue,)))).fetchall()
-    for name, concurrency, rate, period in limited:
+    for name, paused, concurrency, rate, period in held:
+        if paused:
+            continue
         found = db.execute(q.QUEUE_CANDIDATES, (names, now, limit, name)).fetchall()
         if not found:
             continue

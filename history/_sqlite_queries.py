@@ -103,26 +103,43 @@ _IN_ORDER = "ORDER BY priority DESC, coalesce(wake_at, created_at), created_at, 
 
 
 @cache
-def claim_candidates(by_queue: bool, probe: bool) -> str:
+def claim_probe(by_queue: bool) -> str:
+    """Whether any run of the workflows in JSON array ``?1`` is ready at time ``?2`` (of queue ``?3`` when
+    ``by_queue``) in a queue not paused: read without the write lock, so that an idle worker's poll never blocks
+    another process's writes. No ORDER BY: each branch stops at its first row."""
+    where = (
+        "AND +workflow IN (SELECT value FROM json_each(?1)) "
+        "AND queue NOT IN (SELECT name FROM durable_queues WHERE paused)"
+    )
+    if by_queue:
+        where += " AND queue = ?3"
+    unleased = " AND lease_expires_at IS NULL" if by_queue else ""
+    return f"""
+SELECT 1 FROM (SELECT id FROM durable_runs WHERE {_UNLEASED}{unleased} {where} LIMIT 1)
+UNION ALL
+SELECT 1 FROM (SELECT id FROM durable_runs WHERE {_EXPIRED} {where} LIMIT 1)"""
+
+
+@cache
+def claim_candidates(by_queue: bool, exclude: bool) -> str:
     """Up to ``?3`` ready runs of the workflows in JSON array ``?1`` at time ``?2`` (of queue ``?4`` when
-    ``by_queue``), in claim order, from queues neither paused nor limited (``probe``: from every queue not
-    paused, and only the first one's id: whether a claim can take anything, without the write lock).
+    ``by_queue``), in claim order; with ``exclude``, none of the queues in JSON array ``?5`` (``?4`` when not
+    ``by_queue``): the paused and the limited ones. Without it the statement is the claim of schema 2, with no
+    test per run: the common case, where no queue is paused or limited.
 
     Two branches, each on its own partial index: unleased runs (the normal case) and expired leases (a worker
     died). The unary "+" in "+workflow" keeps SQLite from preferring the workflow index, which also holds every
     finished run. With ``by_queue`` the unleased branch can read the queue's range of ``durable_runs_queue``
     (the redundant "lease_expires_at IS NULL": a lease's owner and expiry are set and cleared together).
     """
-    held = "paused" if probe else f"paused OR {_LIMITED}"
-    where = (
-        "AND +workflow IN (SELECT value FROM json_each(?1)) "
-        f"AND queue NOT IN (SELECT name FROM durable_queues WHERE {held})"
-    )
+    where = "AND +workflow IN (SELECT value FROM json_each(?1))"
     if by_queue:
         where += " AND queue = ?4"
+    if exclude:
+        where += f" AND queue NOT IN (SELECT value FROM json_each(?{5 if by_queue else 4}))"
     unleased = " AND lease_expires_at IS NULL" if by_queue else ""
     return f"""
-SELECT {"id" if probe else "*"} FROM (
+SELECT * FROM (
     SELECT * FROM (
         SELECT {_CANDIDATE} FROM durable_runs
         WHERE {_UNLEASED}{unleased} {where}
@@ -133,13 +150,13 @@ SELECT {"id" if probe else "*"} FROM (
         WHERE {_EXPIRED} {where}
         ORDER BY lease_expires_at LIMIT ?3)
 )
-ORDER BY priority DESC, sort_at, created_at, id LIMIT {"1" if probe else "?3"}"""
+ORDER BY priority DESC, sort_at, created_at, id LIMIT ?3"""
 
 
-# The limited queues that are not paused (only queue ?1 when given: by_queue): name and limits.
-LIMITED_QUEUES = f"""
-SELECT name, global_concurrency, rate_limit, rate_period FROM durable_queues WHERE NOT paused AND {_LIMITED}"""
-LIMITED_QUEUE = LIMITED_QUEUES + " AND name = ?1"
+# The queues a claim must not take runs from as they come: the paused ones and the limited ones (name, paused,
+# global concurrency, rate limit, rate period).
+HELD_QUEUES = f"""
+SELECT name, paused, global_concurrency, rate_limit, rate_period FROM durable_queues WHERE paused OR {_LIMITED}"""
 
 # Up to ?3 of each kind of ready run of limited queue ?4 (workflows in JSON array ?1, time ?2), in claim order:
 # never started, started before and unleased, expired leases. SqliteStore chooses among them within the limits.
