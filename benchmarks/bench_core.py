@@ -4,7 +4,8 @@ Prints, for each database given (default: the local PostgreSQL and a SQLite file
   * the floor: median single-row INSERT+COMMIT from asyncpg (Postgres only);
   * a 3-step workflow of trivial async steps, started and awaited one at a time: median and p95 ms;
   * ms per step from a 100-step workflow (median of several runs);
-  * throughput: N 3-step workflows started at once, workflows/s and steps/s until all complete.
+  * throughput: N 3-step workflows started at once, workflows/s and steps/s until all complete, started with N
+    ``engine.start`` calls and with one ``engine.start_many`` (and the rate of the starting alone, each way).
 
     python benchmarks/bench_core.py [--runs 200] [--burst 2000] [--url postgresql://...]
 
@@ -99,14 +100,36 @@ async def sequential(url: str, runs: int) -> tuple[float, float, float]:
     return statistics.median(times), pct(times, 0.95), statistics.median(per_step)
 
 
-async def burst(url: str, count: int) -> float:
+async def burst(url: str, count: int, many: bool) -> tuple[float, float]:
+    """Start ``count`` workflows (``start`` each, or one ``start_many``) and await them all: the rate of the
+    starting alone, and workflows/s from the first start to the last result."""
     async with durable.Engine(url, concurrency=500) as engine:
         await (await engine.start(three_steps, 0)).result(timeout=30)
         started = time.perf_counter()
-        handles = [await engine.start(three_steps, i) for i in range(count)]
+        if many:
+            handles = await engine.start_many(three_steps, [(i,) for i in range(count)])
+        else:
+            handles = [await engine.start(three_steps, i) for i in range(count)]
+        starting = time.perf_counter() - started
         for handle in handles:
             await handle.result(timeout=600)
-        return count / (time.perf_counter() - started)
+        return count / starting, count / (time.perf_counter() - started)
+
+
+async def bursts(url: str, count: int, is_postgres: bool) -> dict[bool, tuple[float, float]]:
+    """``burst`` with ``start`` and with ``start_many``, each on a fresh database."""
+    rates = {}
+    for many in (False, True):
+        if is_postgres:
+            db = await fresh_postgres(url)
+            try:
+                rates[many] = await burst(db, count, many)
+            finally:
+                await drop_postgres(db)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                rates[many] = await burst(f"sqlite:///{tmp}/b.db", count, many)
+    return rates
 
 
 async def measure(url: str, label: str, runs: int, count: int, is_postgres: bool) -> None:
@@ -117,21 +140,21 @@ async def measure(url: str, label: str, runs: int, count: int, is_postgres: bool
             med, p95, step = await sequential(db, runs)
         finally:
             await drop_postgres(db)
-        db = await fresh_postgres(url)
-        try:
-            rate = await burst(db, count)
-        finally:
-            await drop_postgres(db)
         print(f"{label}: INSERT+COMMIT floor median {floor:.3f} ms")
     else:
         with tempfile.TemporaryDirectory() as tmp:
             med, p95, step = await sequential(f"sqlite:///{tmp}/a.db", runs)
-            rate = await burst(f"sqlite:///{tmp}/b.db", count)
         floor = None
+    rates = await bursts(url, count, is_postgres)
     print(f"{label}: 3-step workflow, one at a time: median {med:.2f} ms, p95 {p95:.2f} ms ({runs} runs)")
     ratio = f" = {step / floor:.1f}x one commit" if floor else ""
     print(f"{label}: per step (100-step workflow): {step:.3f} ms{ratio}")
-    print(f"{label}: {count} 3-step workflows at once: {rate:.0f} workflows/s, {rate * 3:.0f} steps/s")
+    for many, how in ((False, f"{count} x start"), (True, "start_many")):
+        starts, rate = rates[many]
+        print(
+            f"{label}: {count} 3-step workflows at once ({how}): {rate:.0f} workflows/s, {rate * 3:.0f} steps/s "
+            f"(starting alone: {starts:.0f} runs/s)"
+        )
 
 
 async def main() -> None:

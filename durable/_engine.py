@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ log = logging.getLogger("durable")
 _RESULT_POLL = 1.0
 """Fallback poll while awaiting a result: a finish notification usually arrives first (same process, or
 Postgres NOTIFY); this bounds the wait when it cannot (another process on SQLite)."""
+_START_BATCH = 1000  # runs per store.create_runs call of start_many (one transaction each)
 
 
 def _utcnow() -> datetime:
@@ -57,6 +58,14 @@ def _start_time(now: datetime, delay: timedelta | float | None, scheduled_at: da
     if seconds < 0:
         raise ValueError(f"delay must be >= 0, got {seconds} seconds")
     return now + timedelta(seconds=seconds)
+
+
+def _check_placement(queue: str, priority: int) -> None:
+    """Refuse a queue that is not a non-empty string and a priority that is not an int."""
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+    if not isinstance(priority, int):
+        raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
 
 
 class RunHandle:
@@ -207,26 +216,83 @@ class Engine(WorldClient):
         priority). ``delay`` or ``scheduled_at`` postpone its first execution.
         """
         self._require_open()
-        definition = resolve_workflow(workflow, self._served())
-        if isinstance(definition, Workflow):
-            definition.check_arguments(args)
-            name = definition.name
-        else:
-            name = definition
-            known = await self.store.known_workflows()
-            if name not in known:
-                raise unknown_workflow(name, known | set(self._served()))
+        name, definition = await self._resolve(workflow)
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
         wake_at = _start_time(self._clock(), delay, scheduled_at)
         if dedup_key is not None and (not isinstance(dedup_key, str) or not dedup_key):
             raise ValueError(f"dedup_key must be a non-empty string, got {dedup_key!r}")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
-        if not isinstance(priority, int):
-            raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
-        timeout = definition.timeout if isinstance(definition, Workflow) else None
-        new = NewRun(
+        _check_placement(queue, priority)
+        new = self._new_run(name, definition, args, queue, priority, wake_at, workflow_id, dedup_key)
+        run, created = await self.store.create_run(new)
+        if not created and dedup_key is not None and run.id != new.id:
+            return RunHandle(self, run.id, run.workflow, created=False)  # a live run holds the dedup key
+        if not created and run.workflow != name:
+            raise DurableError(
+                f"workflow_id {run.id!r} is already used by a run of workflow {run.workflow!r}, not {name!r}: "
+                f"choose another id"
+            )
+        return RunHandle(self, run.id, run.workflow, created)
+
+    async def start_many(
+        self,
+        workflow: Workflow | str,
+        inputs: Iterable[tuple[Any, ...]],
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: timedelta | float | None = None,
+        scheduled_at: datetime | None = None,
+    ) -> list[RunHandle]:
+        """Start one run of ``workflow`` per tuple in ``inputs`` (each the ``args`` that ``start`` takes) and
+        return their handles in the same order; every run gets a fresh id, ``queue``, ``priority`` and start time.
+
+        Much faster than as many ``start`` calls when there are many runs: they are created up to 1,000 per
+        database transaction (one round trip on PostgreSQL), and workers are woken once per batch. Every input
+        is checked first: a bad one raises (``TypeError``, or the encoding error) before any run is created. The
+        batches commit one after the other, so an error of the database part way leaves the earlier ones started.
+        """
+        self._require_open()
+        name, definition = await self._resolve(workflow)
+        wake_at = _start_time(self._clock(), delay, scheduled_at)
+        _check_placement(queue, priority)
+        news: list[NewRun] = []
+        for args in inputs:
+            if not isinstance(args, tuple):
+                raise TypeError(f"each input of start_many is a tuple of the workflow's arguments, got {args!r}")
+            news.append(self._new_run(name, definition, args, queue, priority, wake_at))
+        handles: list[RunHandle] = []
+        for at in range(0, len(news), _START_BATCH):
+            created = await self.store.create_runs(news[at : at + _START_BATCH])
+            handles += [RunHandle(self, run.id, run.workflow, fresh) for run, fresh in created]
+        return handles
+
+    async def _resolve(self, workflow: Workflow | str) -> tuple[str, Workflow | None]:
+        """The workflow's name and, when this process defines it, its definition; raises for an unknown name."""
+        definition = resolve_workflow(workflow, self._served())
+        if isinstance(definition, Workflow):
+            return definition.name, definition
+        known = await self.store.known_workflows()
+        if definition not in known:
+            raise unknown_workflow(definition, known | set(self._served()))
+        return definition, None
+
+    def _new_run(
+        self,
+        name: str,
+        definition: Workflow | None,
+        args: tuple[Any, ...],
+        queue: str,
+        priority: int,
+        wake_at: datetime | None,
+        workflow_id: str | None = None,
+        dedup_key: str | None = None,
+    ) -> NewRun:
+        """The ``NewRun`` of a start, its arguments checked against the definition (when known) and encoded."""
+        if definition is not None:
+            definition.check_arguments(args)
+        timeout = None if definition is None else definition.timeout
+        return NewRun(
             id=workflow_id or new_run_id(),
             workflow=name,
             input=encode_input(args, name),
@@ -237,15 +303,6 @@ class Engine(WorldClient):
             deadline=None if timeout is None else self._clock() + timedelta(seconds=timeout),
             dedup_key=dedup_key,
         )
-        run, created = await self.store.create_run(new)
-        if not created and dedup_key is not None and run.id != new.id:
-            return RunHandle(self, run.id, run.workflow, created=False)  # a live run holds the dedup key
-        if not created and run.workflow != name:
-            raise DurableError(
-                f"workflow_id {run.id!r} is already used by a run of workflow {run.workflow!r}, not {name!r}: "
-                f"choose another id"
-            )
-        return RunHandle(self, run.id, run.workflow, created)
 
     def get_handle(self, run_id: str, workflow: str = "") -> RunHandle:
         """A handle for an existing run id (no database access)."""

@@ -63,6 +63,38 @@ UNION ALL
  WHERE (id = $1 OR (dedup_key = $10 AND status NOT IN {FINISHED})) AND NOT EXISTS (SELECT FROM run)
  ORDER BY id = $1 DESC LIMIT 1)"""
 
+# CREATE_RUN for a batch ($1 ids … $10 dedup keys: arrays, one element per run, none sharing an id or a key):
+# one row (ordinality, created, the run) per run that was created or exists already. A run missing from the
+# result met a concurrent create that committed after this statement began (as with CREATE_RUN): ask again.
+# Rows go in id order, so that two batches of the same ids take their locks in the same order.
+CREATE_RUNS = f"""
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int4[], $6::text[],
+                         $7::timestamptz[], $8::bytea[], $9::text[], $10::text[])
+        WITH ORDINALITY AS b(id, workflow, input, queue, priority, parent_id, wake_at, started, continued_from,
+                             dedup_key, ord)
+), run AS (
+    INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
+                              parent_id, wake_at, continued_from, dedup_key)
+    SELECT id, workflow, 'pending', input, now(), now(), 2, queue, priority, parent_id, wake_at, continued_from,
+           dedup_key
+    FROM batch ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING {RUN_COLUMNS}
+), started AS (
+    INSERT INTO durable_events (run_id, seq, at, type, data)
+    SELECT run.id, 1, run.created_at, 'run_started', batch.started FROM run JOIN batch ON batch.id = run.id
+)
+SELECT batch.ord, true, {", ".join("run." + c for c in RUN_COLUMNS.split(", "))}
+FROM run JOIN batch ON batch.id = run.id
+UNION ALL
+SELECT batch.ord, false, existing.* FROM batch CROSS JOIN LATERAL (
+    SELECT {", ".join("r." + c for c in RUN_COLUMNS.split(", "))} FROM durable_runs r
+    WHERE r.id = batch.id OR (r.dedup_key = batch.dedup_key AND r.status NOT IN {FINISHED})
+    ORDER BY r.id = batch.id DESC LIMIT 1
+) existing
+WHERE NOT EXISTS (SELECT FROM run WHERE run.id = batch.id)"""
+
 # The run with id $1, else the unfinished run with dedup key $2 (a fresh snapshot, after CREATE_RUN found none).
 GET_EXISTING = f"""
 SELECT {RUN_COLUMNS} FROM durable_runs

@@ -5,6 +5,8 @@ each once per pooled connection. Round trips per call, the number the engine's s
 
 * ``create_run``: 1 (the run row, its ``RunStarted`` event and, for an existing id or dedup key, the existing
   row);
+* ``create_runs``: 1 per batch (the same for many runs, as arrays); a batch in which items share an id or a
+  dedup key takes a transaction, one statement per layer of such duplicates;
 * ``claim``: 1 (lease the runs and return them with their whole histories, as arrays); when runs of a queue with
   a global concurrency or a rate limit are ready, 4 more (a transaction: take the queues' advisory locks, claim
   within the limits, commit);
@@ -33,7 +35,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
@@ -101,6 +103,22 @@ def _run(values: Sequence[Any]) -> RunRecord:
     fields = list(values[:_RUN_WIDTH])
     fields[_ERROR_COLUMN] = decode_error(fields[_ERROR_COLUMN])
     return RunRecord(*fields)
+
+
+def _layers(news: Sequence[NewRun]) -> list[list[int]]:
+    """The indices of ``news`` in layers, in order, such that no two items of a layer share an id or a dedup key
+    and every item comes after the earlier items it shares one with (usually one layer: the whole batch)."""
+    layers: list[list[int]] = []
+    last: dict[tuple[bool, str], int] = {}  # (is a dedup key, the id or key) -> layer of its latest item
+    for i, new in enumerate(news):
+        keys = [(False, new.id)] if new.dedup_key is None else [(False, new.id), (True, new.dedup_key)]
+        layer = max((last[k] + 1 for k in keys if k in last), default=0)
+        if layer == len(layers):
+            layers.append([])
+        layers[layer].append(i)
+        for k in keys:
+            last[k] = layer
+    return layers
 
 
 def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence[bytes]) -> list[RecordedEvent]:
@@ -351,6 +369,67 @@ class PostgresStore:
                 return _run(existing), False
             # It rolled back, or (for a key) finished already: the id or key is free again; create once more.
         raise StoreError(f"run {new.id!r} kept conflicting with concurrent creates that vanished; retry")
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        """``create_run`` for each, in order: one statement for the batch, in one transaction. Items that share
+        an id or a dedup key with an earlier item go to a later statement (of the same transaction), which
+        finds that item's run, as ``create_run`` called in order would. An item whose id or key a concurrent
+        create took after the statement began is asked for again by a further statement (as ``create_run``
+        does)."""
+        news = list(news)
+        if not news:
+            return []
+        layers = _layers(news)
+        if len(layers) == 1:
+            results = await self._create_layers(self._db, news, layers)
+        else:
+            for attempt in range(_DEADLOCK_RETRIES):  # a deadlock rolls the whole transaction back: do it again
+                try:
+                    async with self._db.acquire() as conn, conn.transaction():
+                        results = await self._create_layers(conn, news, layers, in_transaction=True)
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == _DEADLOCK_RETRIES - 1:
+                        raise
+                    log.info("a batch of creates deadlocked with another; retrying it")
+        if any(created for _, created in results):
+            self.hub.notify_work()
+        return results
+
+    @staticmethod
+    async def _create_layers(
+        db: Any, news: list[NewRun], layers: list[list[int]], in_transaction: bool = False
+    ) -> list[tuple[RunRecord, bool]]:
+        """Run ``CREATE_RUNS`` for each layer in turn. Two batches that create the same ids or keys at once
+        may deadlock (each waits on a row the other inserted; rows go in id order, which makes it rare): out of
+        a transaction the failed statement changed nothing and is sent again."""
+        results: list[tuple[RunRecord, bool] | None] = [None] * len(news)
+        for pending in layers:
+            for _ in range(_CREATE_RETRIES + _DEADLOCK_RETRIES):
+                batch = [news[i] for i in pending]
+                try:
+                    rows = await db.fetch(
+                        q.CREATE_RUNS, [n.id for n in batch], [n.workflow for n in batch],
+                        [bytes(n.input) for n in batch], [n.queue for n in batch], [n.priority for n in batch],
+                        [n.parent_id for n in batch], [n.wake_at for n in batch],
+                        [encode_event(n.started_event()) for n in batch], [n.continued_from for n in batch],
+                        [n.dedup_key for n in batch],
+                    )  # fmt: skip
+                except asyncpg.DeadlockDetectedError:
+                    if in_transaction:
+                        raise
+                    log.info("a batch of creates deadlocked with another; retrying it")
+                    continue
+                for row in rows:
+                    results[pending[row[0] - 1]] = (_run(row[2:]), row[1])
+                # Missing: a concurrent create of its id or key committed after the statement's snapshot.
+                pending = [i for i in pending if results[i] is None]
+                if not pending:
+                    break
+            else:
+                raise StoreError(f"run {news[pending[0]].id!r} kept conflicting with concurrent creates; retry")
+        assert all(result is not None for result in results), "every layer is answered in full"
+        return cast(list[tuple[RunRecord, bool]], results)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run's row, or ``None``."""

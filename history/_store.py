@@ -6,7 +6,8 @@ suite in ``tests/test_store_contract.py`` against every backend:
 * events are never updated or deleted (the database refuses it, not only this code);
 * ``append`` succeeds only for the current lease holder (``worker_id`` and ``epoch``) and only at the run's next
   sequence number, so a stale worker's append fails with ``LeaseLost`` and never interleaves;
-* ``create_run`` is idempotent on the run id: a second create returns the existing run;
+* ``create_run`` is idempotent on the run id: a second create returns the existing run (``create_runs`` is the
+  same for a batch, in one transaction);
 * ``claim`` hands each ready run to at most one worker at a time.
 """
 
@@ -54,6 +55,11 @@ class Store(Protocol):
         """Create a run with ``RunStarted`` as event 1; return ``(run, True)``, or ``(existing, False)``
         when a run with that id exists already (the id is an idempotency key), or when ``new.dedup_key`` is
         set and an unfinished run has the same key (finished runs free their key)."""
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        """``create_run`` for each of ``news`` in order, atomically (one transaction; one round trip on
+        PostgreSQL), with one wake-up of workers for the batch. Returns one ``(run, created)`` per item; an item
+        whose id or dedup key an earlier item of the batch took gets ``(that run, False)`` (the first wins)."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run's row, or ``None``."""
