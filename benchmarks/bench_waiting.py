@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import durable  # noqa: E402
+import durable
 
 
 @durable.workflow(name="bench_waits_for_go")
