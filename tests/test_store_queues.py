@@ -91,6 +91,34 @@ async def test_concurrent_creates_with_one_dedup_key_create_one_run(
     assert [r.id for r in (await store.list_runs()).runs] == [winner.id]
 
 
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_postgres_create_run_waits_for_a_concurrent_create_of_its_key(postgres_url: str, outcome: str) -> None:
+    # The other create has inserted the key but not committed: this create waits for it, and then either finds
+    # its run (committed after this statement's snapshot: read again) or creates its own (rolled back).
+    store = history.open_store(postgres_url)
+    await store.open()
+    other = await asyncpg.connect(postgres_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, dedup_key) "
+            "VALUES ('first', 'wf', 'pending', '1', now(), now(), 2, 'k')"
+        )
+        creating = asyncio.create_task(store.create_run(new_run("second", dedup_key="k")))
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        for _ in range(200):
+            if await other.fetchval(waiting) or creating.done():
+                break
+            await asyncio.sleep(0.01)
+        await (tx.commit() if outcome == "commit" else tx.rollback())
+        run, created = await asyncio.wait_for(creating, 10)
+        assert (run.id, created) == (("first", False) if outcome == "commit" else ("second", True))
+    finally:
+        await other.close()
+        await store.close()
+
+
 # --- claiming by queue, pausing ------------------------------------------------------------------------------
 
 
@@ -199,10 +227,10 @@ async def test_global_concurrency_caps_the_queues_live_leases(store: Store) -> N
 async def test_an_expired_lease_frees_its_place(store: Store) -> None:
     await store.configure_queue("gpu", global_concurrency=1)
     ids = await create(store, 2, "gpu")
-    [first] = await store.claim("w1", ["wf"], 10, 0.2)
+    [first] = await store.claim("w1", ["wf"], 10, 0.5)
     assert first.run.id == ids[0]
     assert await claimed(store, 10) == []
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     # The dead worker's run is taken over first (it is older); the place it frees is the only one.
     assert await claimed(store, 10, worker="w2") == [ids[0]]
     assert await claimed(store, 10, worker="w2") == []
@@ -231,11 +259,11 @@ async def test_concurrent_claimers_never_exceed_the_global_concurrency(
 
 
 async def test_a_rate_limit_caps_first_starts_per_period(store: Store) -> None:
-    await store.configure_queue("mail", rate_limit=3, rate_period=0.5)
+    await store.configure_queue("mail", rate_limit=3, rate_period=1.0)
     ids = await create(store, 10, "mail")
     assert await claimed(store, 10) == ids[:3]
     assert await claimed(store, 10) == []
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.1)
     assert await claimed(store, 10, queue="mail") == ids[3:6]
     assert await claimed(store, 10, queue="mail") == []
 
@@ -339,9 +367,9 @@ async def test_queue_stats_count_each_state(store: Store) -> None:
 
 async def test_an_expired_lease_counts_as_pending(store: Store) -> None:
     await create(store, 1, "q")
-    await store.claim("w1", ["wf"], 1, 0.1)
+    await store.claim("w1", ["wf"], 1, 0.5)
     assert (await store.queue_stats("q")).running == 1
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.6)
     stats = await store.queue_stats("q")
     assert (stats.running, stats.pending) == (0, 1)
 
