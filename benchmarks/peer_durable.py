@@ -87,7 +87,10 @@ async def throughput(url: str, count: int = 2000, workers: int = 1, concurrency:
                     started = now() + (due - time.time())
                 else:
                     started = begun = now()
-                    await asyncio.gather(*(engine.start(three_steps, i) for i in range(count)))
+                    if hasattr(engine, "start_many"):  # one statement per 1,000 runs (since fd998ec)
+                        await engine.start_many(three_steps, [(i,) for i in range(count)])
+                    else:  # an older Durable (--durable-ref): one start() per run
+                        await asyncio.gather(*(engine.start(three_steps, i) for i in range(count)))
                     all_started = now()
                     late = False
                 done = await poll.until(COMPLETED, count, timeout=600)
