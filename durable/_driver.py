@@ -117,8 +117,9 @@ class RunDriver:
         self._signal.set()
 
     def messages_arrived(self) -> None:
-        """The run's inbox has new messages (an event, an input, a child's outcome)."""
+        """The run has news: new inbox messages (an event, an input, a child's outcome) or a cancellation."""
         self._world.inbox_due = True
+        self._world.run_due = True
         self._signal.set()
 
     def wake(self) -> None:

@@ -53,6 +53,7 @@ class WorldDriver:
     def __init__(self, driver: RunDriver) -> None:
         self.driver = driver
         self.inbox_due = True
+        self.run_due = False  # re-read the run row (a cancellation may have been requested from another process)
         started = driver._history[0].event
         self.deadline = started.deadline if isinstance(started, RunStarted) else None
         self._children: list[ChildRequest] = []
@@ -77,6 +78,12 @@ class WorldDriver:
     async def before_wait(self, instance: WorkflowInstance) -> None:
         """Start children the code asked for, and read the inbox when the code waits on the world."""
         await self.create_children()
+        if self.run_due:
+            self.run_due = False
+            run = await self.driver.worker.store.get_run(self.driver.run_id)
+            if run is not None and run.cancel_reason is not None:
+                self.driver.cancel(run.cancel_reason)
+                self.queue_cancellation(instance, run.cancel_reason, self.driver.worker.clock())
         if self.inbox_due and instance.awaits_world:
             await self.read_inbox(instance)
 

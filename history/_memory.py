@@ -354,7 +354,7 @@ class MemoryStore:
                 return run
             run = msgspec.structs.replace(run, cancel_reason=reason, wake_at=None, updated_at=self.clock())
             self._runs[run_id] = run
-        self.hub.notify_work()
+        self.hub.notify_message(run_id)  # the driver of the run re-reads it; also wakes workers
         return run
 
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:

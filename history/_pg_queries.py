@@ -440,9 +440,14 @@ RETURNING r.id, r.cancel_reason,
 
 # Record a cancellation request on an unfinished run and make it ready now; no row if missing or finished.
 REQUEST_CANCEL = f"""
-UPDATE durable_runs SET cancel_reason = $2, wake_at = NULL, updated_at = now()
-WHERE id = $1 AND status NOT IN {FINISHED}
-RETURNING {RUN_COLUMNS}"""
+WITH cancelled AS (
+    UPDATE durable_runs SET cancel_reason = $2, wake_at = NULL, updated_at = now()
+    WHERE id = $1 AND status NOT IN {FINISHED}
+    RETURNING {RUN_COLUMNS}
+)
+-- durable_message wakes the worker that drives the run now, in any process, so it cancels at once (not at its
+-- next heartbeat); an unleased run is made ready and claimed through durable_work as usual.
+SELECT {RUN_COLUMNS} FROM cancelled, LATERAL (SELECT pg_notify('durable_message', cancelled.id)) AS woken"""
 
 # Flag a diverged run with its report and release it until $5, if worker $2 still holds lease epoch $3.
 MARK_BLOCKED = """

@@ -593,7 +593,7 @@ class PostgresStore:
             if run is None:
                 raise run_not_found(run_id)
             return run
-        self.hub.notify_work()
+        self.hub.notify_message(run_id)  # also wakes workers (notify_work)
         return _run(row)
 
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:

@@ -526,7 +526,7 @@ class SqliteStore:
         """Record a cancellation request; a sleeping run becomes ready now. A finished run is returned as is."""
         run, changed = await self._write(self._request_cancel, run_id, reason)
         if changed:
-            self.hub.notify_work()
+            self.hub.notify_message(run_id)  # the driver of the run re-reads it; also wakes workers
         return run
 
     @staticmethod

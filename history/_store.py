@@ -110,8 +110,9 @@ class Store(Protocol):
         """Extend the leases held (run id -> epoch); report lost ones and pending cancellations."""
 
     async def request_cancel(self, run_id: str, reason: str) -> RunRecord:
-        """Ask for a run to be cancelled: records the reason and makes a sleeping run ready now. Raises
-        ``RunNotFound``; a finished run is returned unchanged."""
+        """Ask for a run to be cancelled: records the reason, makes a sleeping run ready now, and notifies the
+        run's message listeners (the worker driving it, in any process). Raises ``RunNotFound``; a finished run
+        is returned unchanged."""
 
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
         """Leave a run whose replay diverged untouched but flagged with ``report``; release its lease and

@@ -280,3 +280,19 @@ async def test_a_wait_timeout_fires_after_a_worker_restart(engine_url: str) -> N
         with pytest.raises(durable.WorkflowFailed) as info:
             await second.get_handle(run.id).result(timeout=20)
     assert info.value.error_type == "replay._errors.WaitTimeout"
+
+
+async def test_cancel_from_another_process_reaches_a_running_step_at_once(engine_url: str) -> None:
+    if not engine_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL notifies other processes; on SQLite the worker's next heartbeat tells it")
+    # The worker's lease is 60 s, so its heartbeat (every 20 s) cannot be what tells it of the cancellation.
+    async with (
+        durable.Engine(engine_url, lease_seconds=60) as worker,
+        durable.Engine(engine_url, worker=False) as client,
+    ):
+        run = await worker.start(wf.runs_long_step)
+        await _until(lambda: _status_is(client, run.id, "running"))
+        await asyncio.sleep(0.2)  # the step is running
+        await client.cancel(run.id, reason="from another process")
+        with pytest.raises(durable.WorkflowCancelled):
+            await client.get_handle(run.id).result(timeout=8)

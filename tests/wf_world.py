@@ -164,3 +164,14 @@ async def asks_twice(ctx: durable.WorkflowContext) -> list:
     for round_ in range(2):
         answers.append(await ctx.wait_for_input("next", prompt=f"round {round_}?"))
     return answers
+
+
+@durable.step
+async def long_step(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+@durable.workflow(name="runs_long_step")
+async def runs_long_step(ctx: durable.WorkflowContext) -> str:
+    return await long_step(30)
