@@ -203,6 +203,12 @@ def store_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture
+def engine_url(store_url: str) -> str:
+    """The database URL an ``Engine`` test runs on: ``store_url`` under the name engine tests read best with."""
+    return store_url
+
+
+@pytest.fixture
 async def new_store(store_url: str) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """A factory opening stores on this test's database, each closed at teardown. For "memory" every call gives
     a separate, empty store (there is no database to share)."""

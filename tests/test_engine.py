@@ -14,15 +14,6 @@ from history import MemoryStore
 from . import wf_samples as wf
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def engine_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/engine.db"
-    return request.getfixturevalue("postgres_url")
-
-
 def _key() -> str:
     return uuid.uuid4().hex
 

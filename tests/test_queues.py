@@ -13,15 +13,6 @@ import durable
 from . import wf_queues as wf
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def engine_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/queues.db"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture(autouse=True)
 def _fresh_counters() -> None:
     wf.ORDER.clear()

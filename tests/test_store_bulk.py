@@ -122,16 +122,6 @@ async def test_a_run_of_a_batch_is_claimable_at_once(store: Store) -> None:
 # --- the engine ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/engine.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 async def test_start_many_starts_runs_that_complete_with_their_results(engine_url: str) -> None:
     async with durable.Engine(engine_url) as engine:
         handles = await engine.start_many(wf.sequence, [(i % 4,) for i in range(200)], queue="default")

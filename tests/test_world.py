@@ -14,15 +14,6 @@ import durable
 from . import wf_world as wf
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def engine_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/world.db"
-    return request.getfixturevalue("postgres_url")
-
-
 def _order() -> str:
     return uuid.uuid4().hex[:8]
 
