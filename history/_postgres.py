@@ -45,6 +45,7 @@ from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
 from ._notify import Hub
+from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -128,7 +129,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore:
+class PostgresStore(PostgresMetrics):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:

@@ -61,6 +61,7 @@ from ._sql import (
     side_inputs,
 )
 from ._sqlite_claims import by_queue, choose
+from ._sqlite_metrics import SqliteMetrics
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,7 +139,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore:
+class SqliteStore(SqliteMetrics):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
