@@ -51,13 +51,14 @@ RUN_METRICS = _run_metrics(by_workflow=False)
 RUN_METRICS_OF = _run_metrics(by_workflow=True)
 
 # The cut-offs of a retention job: finished status $1[i] before time $2[i]. A run is eligible when it has a finish
-# time and a finished status, and finished before its status' cut-off (read from durable_runs_finished, 0004).
-_ELIGIBLE = """
-FROM durable_runs r JOIN unnest($1::text[], $2::timestamptz[]) AS c(status, before) ON r.status = c.status
-WHERE r.finished_at IS NOT NULL AND r.finished_at < c.before"""
+# time and a finished status, and finished before its status' cut-off. Each status is read as one range of
+# durable_runs_finished (0004), oldest first: never a scan of the table (whose dead rows, just deleted by the
+# previous batch, a sequential scan would read again at every batch).
+_CUTOFFS = "unnest($1::text[], $2::timestamptz[]) AS c(status, before)"
+_ELIGIBLE = "status = c.status AND finished_at IS NOT NULL AND finished_at < c.before"
 
-# How many runs a retention job with cut-offs $1, $2 would delete, by status.
-COUNT_FINISHED = f"SELECT r.status, count(*) {_ELIGIBLE} GROUP BY r.status"
+# How many runs a retention job with cut-offs $1, $2 would delete: one row per status (0 included).
+COUNT_FINISHED = f"SELECT c.status, (SELECT count(*) FROM durable_runs WHERE {_ELIGIBLE}) FROM {_CUTOFFS}"
 
 
 def _delete_finished(tables: Sequence[str]) -> str:
@@ -72,9 +73,13 @@ def _delete_finished(tables: Sequence[str]) -> str:
     )
     return f"""
 WITH picked AS (
-    SELECT r.id {_ELIGIBLE}
+    SELECT r.id FROM {_CUTOFFS} CROSS JOIN LATERAL (
+        SELECT id FROM durable_runs WHERE {_ELIGIBLE}
+        ORDER BY finished_at
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) AS r
     LIMIT $3
-    FOR UPDATE OF r SKIP LOCKED
 ){per_run}
 DELETE FROM durable_runs WHERE id IN (SELECT id FROM picked)
 RETURNING status"""
@@ -117,7 +122,8 @@ class PostgresMetrics:
     async def count_finished(self, before: Mapping[str, datetime]) -> dict[str, int]:
         """How many runs ``delete_finished`` would delete, in all, by status."""
         statuses, cutoffs = _cutoff_args(before)
-        return {status: count for status, count in await self._db.fetch(COUNT_FINISHED, statuses, cutoffs)}
+        rows = await self._db.fetch(COUNT_FINISHED, statuses, cutoffs)
+        return {status: count for status, count in rows if count}
 
     async def delete_finished(self, before: Mapping[str, datetime], *, limit: int) -> dict[str, int]:
         """Delete up to ``limit`` finished runs that finished before their status' cut-off, with their rows in

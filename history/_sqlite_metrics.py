@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ._metrics import PERCENTILES, RunStats, check_cutoffs
+from ._records import FINISHED_STATUSES
 from ._sqlite_queries import FINISHED
 
 _T = TypeVar("_T")
@@ -93,8 +94,21 @@ WHERE r.finished_at IS NOT NULL AND r.finished_at < c.value"""
 # How many runs a retention job with cut-offs ?1 would delete, by status.
 COUNT_FINISHED = f"SELECT r.status, count(*) {_ELIGIBLE} GROUP BY r.status"
 
+
+def _pick_finished() -> str:
+    """Up to ``?2`` runs eligible under cut-offs ``?1``: (id, status), oldest first within a status. One branch
+    per finished status, each a range of durable_runs_finished that stops at ``?2`` rows (a status without a
+    cut-off compares with NULL and reads nothing): a join would walk the index past the runs it cannot take."""
+    branches = "\n    UNION ALL\n    ".join(
+        f"SELECT * FROM (SELECT id, status FROM durable_runs WHERE status = '{status}' AND finished_at IS NOT NULL "
+        f"AND finished_at < json_extract(?1, '$.{status}') ORDER BY finished_at LIMIT ?2)"
+        for status in sorted(FINISHED_STATUSES)
+    )
+    return f"SELECT * FROM (\n    {branches}\n) LIMIT ?2"
+
+
 # Up to ?2 runs eligible under cut-offs ?1: (id, status).
-PICK_FINISHED = f"SELECT r.id, r.status {_ELIGIBLE} LIMIT ?2"
+PICK_FINISHED = _pick_finished()
 
 # Turn the events' guard off and on again inside the retention transaction (0001_init.sql: durable_settings);
 # no other connection ever sees it on, since the transaction commits it off.

@@ -22,7 +22,7 @@ from .test_store_contract import append, claim_one, new_run, raw, start, step
 
 VERSIONS = [m.version for m in load_migrations("postgres")]
 """Every schema version shipped (``history/migrations/<dialect>/NNNN_*.sql``), the same for both databases."""
-assert VERSIONS == [m.version for m in load_migrations("sqlite")]
+assert [m.version for m in load_migrations("sqlite")] == VERSIONS
 
 
 class opened:

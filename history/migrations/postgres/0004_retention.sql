@@ -1,4 +1,4 @@
--- Durable schema for PostgreSQL: run metrics and retention. Two indexes; nothing else changes (the events' guard
+-- Durable schema for PostgreSQL: run metrics and retention. Three indexes; nothing else changes (the events' guard
 -- of 0001_init.sql already lets a retention job delete the events of finished runs after
 -- SET LOCAL durable.allow_retention = on). Applied like 0001, in one transaction under the advisory lock.
 
@@ -11,3 +11,7 @@ CREATE INDEX durable_runs_workflow_created ON durable_runs (workflow, created_at
 -- no others. Partial: unfinished runs are not in it; a run enters it once, in the append that finishes it (which
 -- changes indexed columns anyway).
 CREATE INDEX durable_runs_finished ON durable_runs (status, finished_at) WHERE finished_at IS NOT NULL;
+
+-- Retention deletes a run's inbox messages by run, consumed ones too (which durable_inbox_unconsumed leaves
+-- out). Costs an index entry per message sent and per message consumed; messages are not per step.
+CREATE INDEX durable_inbox_run ON durable_inbox (run_id);
