@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from . import _format
-from ._durations import format_duration, parse_duration
+from ._durations import FORMS, parse_duration
 from ._engine import Engine
 from ._metrics import RunMetrics
 
@@ -28,7 +28,7 @@ def add_commands(add: Any, common: list[argparse.ArgumentParser]) -> None:
 def period_option(text: str) -> str:
     """Check a duration option at parse time, so a bad one is a usage error naming the accepted forms."""
     try:
-        parse_duration(text)
+        parse_duration(text, forms=FORMS)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -42,7 +42,7 @@ async def cmd_stats(args: argparse.Namespace) -> int:
         document = msgspec.json.encode(metrics)
         print(msgspec.json.format(document, indent=2).decode())
         return 0
-    period = format_duration(parse_duration(args.period))
+    period = args.period.strip()
     if metrics.total == 0:
         which = f"of {args.workflow} " if args.workflow else ""
         print(f"no runs {which}created in the last {period} (since {_format.when(metrics.since)})")

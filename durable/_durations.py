@@ -8,17 +8,20 @@ from datetime import timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-ACCEPTED = "a whole number followed by s, m, h, d or w (e.g. 30s, 15m, 24h, 7d, 2w), or a datetime.timedelta"
-"""How the accepted forms are named in error messages."""
+FORMS = "a whole number followed by s, m, h, d or w (e.g. 30s, 15m, 24h, 7d, 2w)"
+"""How the accepted text forms are named in error messages (the command line's)."""
+ACCEPTED = f"{FORMS}, or a datetime.timedelta"
+"""How the accepted forms are named in the errors of the Python API."""
 
 
-def parse_duration(value: str | timedelta, *, what: str = "duration") -> timedelta:
+def parse_duration(value: str | timedelta, *, what: str = "duration", forms: str = ACCEPTED) -> timedelta:
     """``value`` as a positive ``timedelta``: a ``timedelta`` as is, or text such as ``"30s"``, ``"15m"``,
     ``"24h"``, ``"7d"``, ``"2w"`` (seconds, minutes, hours, days, weeks).
 
     Args:
         value: the duration.
         what: what the duration is, to name it in the error (``"period"``, ``"--completed-older-than"``).
+        forms: how the error names the accepted forms (``FORMS`` on the command line, where text is all there is).
 
     Raises:
         ValueError: ``value`` is not one of the accepted forms, or is not positive; the message names them.
@@ -28,10 +31,10 @@ def parse_duration(value: str | timedelta, *, what: str = "duration") -> timedel
             raise ValueError(f"{what} must be positive, got {value!r}")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"{what} must be {ACCEPTED}; got {value!r}")
+        raise ValueError(f"{what} must be {forms}; got {value!r}")
     match = _DURATION.match(value)
     if match is None:
-        raise ValueError(f"invalid {what} {value!r}: use {ACCEPTED}")
+        raise ValueError(f"invalid {what} {value!r}: use {forms}")
     count = int(match[1])
     if count <= 0:
         raise ValueError(f"{what} must be positive, got {value!r}")

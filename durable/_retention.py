@@ -21,7 +21,7 @@ import msgspec
 
 from history import CANCELLED, COMPLETED, CONTINUED, FAILED
 
-from ._durations import format_duration, parse_duration
+from ._durations import FORMS, format_duration, parse_duration
 
 if TYPE_CHECKING:
     from history import Store
@@ -115,7 +115,7 @@ class Retention:
             if key == "batch":
                 options["batch_size"] = int(value) if value.strip().isdigit() else value
             else:
-                options[key] = parse_duration(value.strip(), what=f"retention {key}")
+                options[key] = parse_duration(value.strip(), what=f"retention {key}", forms=FORMS)
         return cls(**options)  # type: ignore[arg-type]  # each value is checked by __post_init__
 
     def ages(self) -> dict[str, timedelta]:
