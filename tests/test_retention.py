@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,10 +24,13 @@ from durable import CleanupReport, Engine, Retention
 from durable._cli import main
 from history import CANCELLED, COMPLETED, CONTINUED, FAILED, RUNNING, Store
 from history._sqlite import SqliteStore
+from tests.conftest import run_async
 from tests.run_rows import PER_RUN_TABLES, RunRows
+from tests.test_cli import wait_until
 from tests.test_store_contract import append, new_run, start, step
 
 NewStore = Callable[..., Awaitable[Store]]
+ROOT = Path(__file__).resolve().parent.parent
 DAY = timedelta(days=1)
 
 
@@ -313,3 +319,39 @@ async def test_durable_cleanup_and_worker_refuse_bad_input(
 async def _cli(*argv: str) -> int:
     """``durable ARGV`` on a thread (``main`` runs its own event loop)."""
     return await asyncio.to_thread(main, list(argv))
+
+
+def test_durable_worker_with_retention_deletes_old_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+
+    async def populate() -> tuple[str, str]:
+        store = SqliteStore(url)
+        await store.open()
+        rows = await RunRows("sqlite", url, store).open()
+        try:
+            return await finished_run(store, rows, COMPLETED, 3), await finished_run(store, rows, COMPLETED, 0.5)
+        finally:
+            await rows.close()
+            await store.close()
+
+    old, young = run_async(populate)
+    log = tmp_path / "worker.log"
+    argv = [sys.executable, "-m", "durable", "--database-url", url, "worker", "tests.wf_samples",
+            "--retention", "completed=2d,every=1h"]
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        wait_until(lambda: "retention deleted" in log.read_text() or proc.poll() is not None, what="a retention pass")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "retention on (completed after 2d, every 1h)" in text
+    assert "retention deleted 1 run (1 completed, 0 failed, 0 cancelled) in 1 batch" in text
+    db = sqlite3.connect(tmp_path / "w.db")
+    try:
+        assert db.execute("SELECT id FROM durable_runs").fetchall() == [(young,)]
+        assert db.execute("SELECT count(*) FROM durable_events WHERE run_id = ?", (old,)).fetchone() == (0,)
+    finally:
+        db.close()
