@@ -18,11 +18,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import durable
 from durable import CleanupReport, Engine, Retention
 from durable._cli import main
-from history import CANCELLED, COMPLETED, CONTINUED, FAILED, RUNNING, Store
+from history import CANCELLED, COMPLETED, CONTINUED, FAILED, FINISHED_STATUSES, RUNNING, STATUSES, Store
 from history._sqlite import SqliteStore
 from tests.conftest import run_async
 from tests.run_rows import PER_RUN_TABLES, RunRows
@@ -164,6 +166,39 @@ async def test_a_child_outlives_its_deleted_parent_and_still_finishes(store: Sto
     assert await store.append([append(child, step(1), status=COMPLETED)]) == [None]  # nobody to tell: fine
     finished = await store.get_run(child.run.id)
     assert finished is not None and finished.status == COMPLETED and finished.parent_id == parent
+
+
+_FAR = datetime(2999, 1, 1, tzinfo=UTC)
+_runs = st.lists(st.tuples(st.sampled_from(STATUSES), st.integers(0, 100)), max_size=12)
+_cutoffs = st.dictionaries(st.sampled_from(sorted(FINISHED_STATUSES)), st.integers(0, 100), max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=_runs, cutoffs=_cutoffs, limit=st.integers(1, 5))
+async def test_any_cleanup_deletes_what_the_reference_says(
+    store: Store, rows: RunRows, runs: list[tuple[str, int]], cutoffs: dict[str, int], limit: int
+) -> None:
+    while await store.delete_finished(dict.fromkeys(FINISHED_STATUSES, _FAR), limit=100):
+        pass  # what earlier examples left finished: this one starts with unfinished runs only
+    base = datetime(2020, 1, 1, tzinfo=UTC)
+    made: dict[str, tuple[str, datetime]] = {}
+    for status, day in runs:
+        run, _ = await store.create_run(new_run(workflow="prop"))
+        finished = base + timedelta(days=day)
+        # An unfinished run gets a finish time too, half the time: it must stay all the same.
+        await rows.set(run.id, status=status, finished_at=finished if status in FINISHED_STATUSES or day % 2 else None)
+        made[run.id] = (status, finished)
+    before = {status: base + timedelta(days=day) for status, day in cutoffs.items()}
+    expected = {
+        run_id for run_id, (status, finished) in made.items() if status in before and finished < before[status]
+    }
+    assert sum((await store.count_finished(before)).values()) == len(expected)
+    deleted = 0
+    while counts := await store.delete_finished(before, limit=limit):
+        assert sum(counts.values()) <= limit
+        deleted += sum(counts.values())
+    assert deleted == len(expected)
+    assert {run_id for run_id in made if await store.get_run(run_id) is None} == expected
 
 
 # --- invariant 1 still holds -------------------------------------------------------------------------------------
