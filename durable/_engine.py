@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from history import (
     CANCELLED,
@@ -31,8 +31,13 @@ from ._ids import new_run_id
 from ._metrics import MetricsClient
 from ._queues import Queues
 from ._retention import Retention, RetentionClient
+from ._telemetry import Telemetry
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("durable")
 
@@ -117,6 +122,9 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
         retention: delete old finished runs periodically in the in-process worker (see ``durable.Retention``).
+        tracer_provider, meter_provider: OpenTelemetry providers for spans and metrics, of this engine (the trace
+            context stored with the runs it starts, ``durable.runs.started``) and of its worker (default: the
+            global ones; see docs/observability-tracing.md).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -135,6 +143,8 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
         retention: Retention | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if retention is not None and not worker:
             raise ValueError("retention= runs in the in-process worker: give worker=True, or use `durable worker`")
@@ -149,7 +159,10 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
             horizon=horizon,
             poll_interval=poll_interval,
             retention=retention,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
         )
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""
         if clock is not None:
@@ -169,6 +182,9 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
             return self
         await self.store.open()
         self._opened = True
+        self._telemetry = Telemetry(
+            self._worker_options["tracer_provider"], self._worker_options["meter_provider"]
+        )  # decided once per open: providers set up by now count
         if self._run_worker:
             self.worker = Worker(self.store, self._served(), **self._worker_options)
             self._worker_task = asyncio.get_running_loop().create_task(self.worker.run())
@@ -232,6 +248,8 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         _check_placement(queue, priority)
         new = self._new_run(name, definition, args, queue, priority, wake_at, workflow_id, dedup_key)
         run, created = await self.store.create_run(new)
+        if created:
+            self._telemetry.runs_created(name, 1)
         if not created and dedup_key is not None and run.id != new.id:
             return RunHandle(self, run.id, run.workflow, created=False)  # a live run holds the dedup key
         if not created and run.workflow != name:
@@ -272,6 +290,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         for at in range(0, len(news), _START_BATCH):
             created = await self.store.create_runs(news[at : at + _START_BATCH])
             handles += [RunHandle(self, run.id, run.workflow, fresh) for run, fresh in created]
+            self._telemetry.runs_created(name, sum(fresh for _, fresh in created))
         return handles
 
     async def _resolve(self, workflow: Workflow | str) -> tuple[str, Workflow | None]:
@@ -299,8 +318,9 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         if definition is not None:
             definition.check_arguments(args)
         timeout = None if definition is None else definition.timeout
+        run_id = workflow_id or new_run_id()
         return NewRun(
-            id=workflow_id or new_run_id(),
+            id=run_id,
             workflow=name,
             input=encode_input(args, name),
             random_seed=random.getrandbits(63),
@@ -309,6 +329,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
             wake_at=wake_at,
             deadline=None if timeout is None else self._clock() + timedelta(seconds=timeout),
             dedup_key=dedup_key,
+            trace_context=self._telemetry.start_context(name, run_id, queue),
         )
 
     def get_handle(self, run_id: str, workflow: str = "") -> RunHandle:

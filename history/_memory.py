@@ -107,6 +107,7 @@ class MemoryStore(MemoryMetrics):
             wake_at=new.wake_at,
             continued_from=new.continued_from,
             dedup_key=new.dedup_key,
+            trace_context=new.trace_context,
         )
         started = new.started_event()
         self._runs[new.id] = run
@@ -192,7 +193,8 @@ class MemoryStore(MemoryMetrics):
                     wake_at=None,
                 )
                 self._runs[run.id] = leased
-                claims.append(Claim(run=leased, history=list(self._events[run.id])))
+                due_at = run.wake_at or run.created_at
+                claims.append(Claim(run=leased, history=list(self._events[run.id]), due_at=due_at))
             return claims
 
     def _allowance(self, queue: str, now: datetime) -> tuple[float, float]:

@@ -14,7 +14,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from, dedup_key"
+    "continued_from, dedup_key, trace_context"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_postgres``)."""
 
@@ -43,14 +43,15 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name) VALUES ($1,
 # --- runs ----------------------------------------------------------------------------------------------------
 
 # Create a run and its RunStarted event (seq 1); return (true, the run), or (false, the existing run) when the
-# id exists already or an unfinished run has dedup key $10 (the id wins when both do). "ON CONFLICT DO NOTHING"
-# covers the primary key and the unique index durable_runs_dedup. No row only when a concurrent create of the
-# same id or key commits after this statement began (its snapshot does not see that run): then GET_EXISTING.
+# id exists already or an unfinished run has dedup key $10 (the id wins when both do); $11 is the trace context.
+# "ON CONFLICT DO NOTHING" covers the primary key and the unique index durable_runs_dedup. No row only when a
+# concurrent create of the same id or key commits after this statement began (its snapshot does not see that
+# run): then GET_EXISTING.
 CREATE_RUN = f"""
 WITH run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at, continued_from, dedup_key)
-    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9, $10)
+                              parent_id, wake_at, continued_from, dedup_key, trace_context)
+    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9, $10, $11)
     ON CONFLICT DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), started AS (
@@ -63,21 +64,22 @@ UNION ALL
  WHERE (id = $1 OR (dedup_key = $10 AND status NOT IN {FINISHED})) AND NOT EXISTS (SELECT FROM run)
  ORDER BY id = $1 DESC LIMIT 1)"""
 
-# CREATE_RUN for a batch ($1 ids … $10 dedup keys: arrays, one element per run, none sharing an id or a key):
+# CREATE_RUN for a batch ($1 ids … $10 dedup keys, $11 trace contexts: arrays, one element per run, none sharing
+# an id or a key):
 # one row (ordinality, created, the run) per run that was created or exists already. A run missing from the
 # result met a concurrent create that committed after this statement began (as with CREATE_RUN): ask again.
 # Rows go in id order, so that two batches of the same ids take their locks in the same order.
 CREATE_RUNS = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int4[], $6::text[],
-                         $7::timestamptz[], $8::bytea[], $9::text[], $10::text[])
+                         $7::timestamptz[], $8::bytea[], $9::text[], $10::text[], $11::text[])
         WITH ORDINALITY AS b(id, workflow, input, queue, priority, parent_id, wake_at, started, continued_from,
-                             dedup_key, ord)
+                             dedup_key, trace_context, ord)
 ), run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at, continued_from, dedup_key)
+                              parent_id, wake_at, continued_from, dedup_key, trace_context)
     SELECT id, workflow, 'pending', input, now(), now(), 2, queue, priority, parent_id, wake_at, continued_from,
-           dedup_key
+           dedup_key, trace_context
     FROM batch ORDER BY id
     ON CONFLICT DO NOTHING
     RETURNING {RUN_COLUMNS}

@@ -358,7 +358,7 @@ class PostgresStore(PostgresMetrics):
         for _ in range(_CREATE_RETRIES):
             row = await self._db.fetchrow(
                 q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-                new.wake_at, started, new.continued_from, new.dedup_key,
+                new.wake_at, started, new.continued_from, new.dedup_key, new.trace_context,
             )  # fmt: skip
             if row is not None:
                 if row[0]:
@@ -414,7 +414,7 @@ class PostgresStore(PostgresMetrics):
                         [bytes(n.input) for n in batch], [n.queue for n in batch], [n.priority for n in batch],
                         [n.parent_id for n in batch], [n.wake_at for n in batch],
                         [encode_event(n.started_event()) for n in batch], [n.continued_from for n in batch],
-                        [n.dedup_key for n in batch],
+                        [n.dedup_key for n in batch], [n.trace_context for n in batch],
                     )  # fmt: skip
                 except asyncpg.DeadlockDetectedError:
                     if in_transaction:
@@ -496,7 +496,7 @@ class PostgresStore(PostgresMetrics):
                 # The statement's snapshot predates an append that committed just before our lock (by the worker
                 # whose lease we took over): read the history again, now that nobody else can extend it.
                 history = await self.read_history(run.id)
-            claims.append(Claim(run=run, history=history))
+            claims.append(Claim(run=run, history=history, due_at=row[1 + _RUN_WIDTH]))
         return claims
 
     async def _claim_limited(self, args: list[Any], queue: str | None) -> list[Any]:

@@ -66,6 +66,9 @@ class RunRecord(msgspec.Struct, frozen=True):
     """The run this one continues (``ctx.continue_as_new``)."""
     dedup_key: str | None = None
     """While this run is unfinished, starting another with the same key returns this run."""
+    trace_context: str | None = None
+    """The W3C trace context the run's spans descend from (``traceparent``, then ``tracestate`` after a newline
+    when there is one): its starter's span, or its parent run's. Opaque to the store."""
 
     @property
     def finished(self) -> bool:
@@ -88,6 +91,8 @@ class NewRun(msgspec.Struct, frozen=True):
     continued_from: str | None = None
     carried: tuple[CarriedMessage, ...] = ()
     dedup_key: str | None = None
+    trace_context: str | None = None
+    """Stored in the run's row (not in its history): see ``RunRecord.trace_context``."""
 
     def started_event(self) -> RunStarted:
         """The ``RunStarted`` event (event 1) of the run this creates: every store writes exactly this."""
@@ -166,6 +171,9 @@ class Claim(msgspec.Struct, frozen=True):
 
     run: RunRecord
     history: list[RecordedEvent]
+    due_at: datetime | None = None
+    """The time the claim ordered the run by (its ``wake_at`` before the claim, else its creation time); for
+    metrics of how long runs wait to be claimed. ``None`` when the store does not tell."""
 
 
 class Heartbeat(msgspec.Struct, frozen=True):

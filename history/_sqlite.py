@@ -358,7 +358,7 @@ class SqliteStore(SqliteMetrics):
         row = db.execute(
             q.CREATE_RUN,
             (new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-             _us_or_none(new.wake_at), now, new.continued_from, new.dedup_key),
+             _us_or_none(new.wake_at), now, new.continued_from, new.dedup_key, new.trace_context),
         ).fetchone()  # fmt: skip
         if row is None:
             return _run(db.execute(q.GET_EXISTING, (new.id, new.dedup_key)).fetchone()), False
@@ -435,12 +435,13 @@ class SqliteStore(SqliteMetrics):
     def _lease(
         db: sqlite3.Connection, now: int, worker_id: str, names: bytes, limit: int, lease_us: int, queue: str | None
     ) -> list[Claim]:
-        ids = choose(db, now, names, limit, queue)
+        due = choose(db, now, names, limit, queue)
+        ids = list(due)
         runs = [_run(db.execute(q.LEASE, (worker_id, now + lease_us, now, run_id)).fetchone()) for run_id in ids]
         histories: dict[str, list[RecordedEvent]] = {run_id: [] for run_id in ids}
         for run_id, seq, at, data in db.execute(q.READ_HISTORIES, (_json.encode(ids),)):
             histories[run_id].append(RecordedEvent(seq, _time(at), decode_event(data)))
-        return [Claim(run=run, history=histories[run.id]) for run in runs]
+        return [Claim(run=run, history=histories[run.id], due_at=_time(due[run.id])) for run in runs]
 
     async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
         """Apply each append if its writer holds the lease and starts at the next sequence number.

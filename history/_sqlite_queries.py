@@ -16,7 +16,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from, dedup_key"
+    "continued_from, dedup_key, trace_context"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_sqlite``)."""
 
@@ -38,13 +38,13 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name, applied_at)
 
 # --- runs ----------------------------------------------------------------------------------------------------
 
-# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from, ?10 dedup_key); no row when the id exists
-# already or an unfinished run has the dedup key ("ON CONFLICT DO NOTHING" covers the primary key and the unique
-# index durable_runs_dedup): then GET_EXISTING.
+# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from, ?10 dedup_key, ?11 trace_context); no row when
+# the id exists already or an unfinished run has the dedup key ("ON CONFLICT DO NOTHING" covers the primary key
+# and the unique index durable_runs_dedup): then GET_EXISTING.
 CREATE_RUN = f"""
 INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                          parent_id, wake_at, continued_from, dedup_key)
-VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9, ?10)
+                          parent_id, wake_at, continued_from, dedup_key, trace_context)
+VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9, ?10, ?11)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}"""
 
