@@ -36,8 +36,7 @@ from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
+    from ._telemetry import MeterProvider, TracerProvider
 
 log = logging.getLogger("durable")
 

@@ -44,6 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from history import (
     CancelRequested,
+    ChildFinished,
     ChildStarted,
     ErrorInfo,
     Event,
@@ -62,6 +63,8 @@ except ImportError:  # pragma: no cover - a future API without it
 
 if TYPE_CHECKING:
     from replay import StepRequest
+
+__all__ = ["MeterProvider", "RunObserver", "Telemetry", "TracerProvider"]  # the provider types: for annotations
 
 _VERSION = "0.1.0"
 _W3C = TraceContextTextMapPropagator()
@@ -404,6 +407,9 @@ def _span_event(event: Event) -> tuple[str, dict[str, Any]] | None:
     if isinstance(event, ChildStarted):
         return "child started", {"durable.command_id": event.command_id, "durable.child_id": event.child_id,
                                  "durable.child_workflow": event.workflow}
+    if isinstance(event, ChildFinished):
+        return "child finished", {"durable.command_id": event.command_id, "durable.child_id": event.child_id,
+                                  "durable.status": event.status}
     if isinstance(event, CancelRequested):
         return "cancel requested", {"durable.reason": event.reason}
     return None

@@ -28,8 +28,7 @@ from ._step_context import StepInfo
 from ._telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
+    from ._telemetry import MeterProvider, TracerProvider
 
 log = logging.getLogger("durable.worker")
 
