@@ -18,9 +18,11 @@ test.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -186,7 +188,9 @@ class Metrics:
             "durable.queue.wait_time", unit="ms", description="From the time a run was due to its claim.")
         self.replay_duration = meter.create_histogram(
             "durable.replay.duration", unit="ms", description="Replaying a claimed run's history.")
-        self.workers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._workers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Gauges are observed on the metric reader's thread while workers come and go on the event loop's.
+        self._lock = threading.Lock()
         meter.create_observable_gauge(
             "durable.worker.active_runs", callbacks=[self._active_runs], unit="{run}",
             description="Runs each worker drives right now.")
@@ -194,13 +198,27 @@ class Metrics:
             "durable.queue.depth", callbacks=[self._queue_depth], unit="{run}",
             description="Unfinished runs of a queue by state, read by a worker every few seconds.")  # fmt: skip
 
+    def add_worker(self, worker: Any) -> None:
+        """Report ``worker``'s gauges (its active runs, its queues' depths) until ``discard_worker``."""
+        with self._lock:
+            self._workers.add(worker)
+
+    def discard_worker(self, worker: Any) -> None:
+        """Stop reporting ``worker``'s gauges."""
+        with self._lock:
+            self._workers.discard(worker)
+
+    def _live_workers(self) -> list[Any]:
+        with self._lock:
+            return list(self._workers)
+
     def _active_runs(self, options: CallbackOptions) -> Iterator[Observation]:
-        for worker in list(self.workers):
+        for worker in self._live_workers():
             yield Observation(worker.active_runs, {"durable.worker": worker.worker_id})
 
     def _queue_depth(self, options: CallbackOptions) -> Iterator[Observation]:
         seen: dict[tuple[str, str], int] = {}
-        for worker in list(self.workers):
+        for worker in self._live_workers():
             for stats in worker.queue_depths:
                 for state in _QUEUE_STATES:
                     seen[(stats.name, state)] = getattr(stats, state)
@@ -233,7 +251,14 @@ class RunObserver:
     the attempt's outcome is recorded, ``appended`` after each append that committed, and ``close`` last.
     """
 
-    def __init__(self, telemetry: Telemetry, run: RunRecord, due_at: Any, now: Any, clock: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        run: RunRecord,
+        due_at: datetime | None,
+        now: datetime,
+        clock: Callable[[], datetime],
+    ) -> None:
         self.tracer = telemetry.tracer
         self.metrics = telemetry.metrics
         self.run = run
@@ -308,8 +333,14 @@ class RunObserver:
             otel_context.detach(handle.token)  # type: ignore[arg-type]
             handle.token = None
 
-    def step_ended(self, step: StepRequest, attempt: int, duration_ms: float, error: BaseException | None,
-                   retry_at: Any) -> None:
+    def step_ended(
+        self,
+        step: StepRequest,
+        attempt: int,
+        duration_ms: float,
+        error: BaseException | None,
+        retry_at: datetime | None,
+    ) -> None:
         """The attempt's outcome is going into the history (``error``: it failed; ``retry_at``: it is retried)."""
         handle = self._steps.pop(step.command_id, None)
         outcome = "completed" if error is None else ("retrying" if retry_at is not None else "failed")

@@ -147,7 +147,7 @@ class Worker:
         self.telemetry = Telemetry(*self._providers)  # decided once per start: providers set up by now count
         metrics = self.telemetry.metrics
         if metrics is not None:
-            metrics.workers.add(self)
+            metrics.add_worker(self)
         depths = None if metrics is None else asyncio.get_running_loop().create_task(self._queue_depth_loop())
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
@@ -170,7 +170,7 @@ class Worker:
             if depths is not None:
                 depths.cancel()
             if metrics is not None:
-                metrics.workers.discard(self)
+                metrics.discard_worker(self)
             self._signal.close()
             self._stopped.set()
 

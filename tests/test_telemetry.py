@@ -90,7 +90,14 @@ async def parent(ctx: durable.WorkflowContext, x: int) -> int:
     return int(await ctx.call_workflow(child, y))
 
 
-WORKFLOWS = [two_steps, retries, fails, sleeps, child, parent]
+@durable.workflow(name="tel_asks")
+async def asks(ctx: durable.WorkflowContext) -> str:
+    answer = await ctx.wait_for_input("approval", prompt="Ship it?")
+    await ctx.wait_for_event("never")  # cancelled while it waits
+    return str(answer)
+
+
+WORKFLOWS = [two_steps, retries, fails, sleeps, child, parent, asks]
 
 
 # -- reading spans and metrics --------------------------------------------------------------------------------------
@@ -383,6 +390,30 @@ async def test_a_child_run_is_in_its_parents_trace_under_the_activation_that_sta
     assert dict(first.attributes or {})["durable.released"] == "waiting"
 
 
+async def test_inputs_and_cancellations_are_events_of_the_activations(otel: Otel, engine_url: str) -> None:
+    async with otel.engine(engine_url, poll_interval=0.05) as engine:
+        run = await engine.start(asks)
+        await wait_until_waiting(engine, run.id)
+        await engine.provide_input(run.id, "approval", "yes")
+        while not [e for e in await engine.get_history(run.id) if type(e.event).__name__ == "EventWaitStarted"]:
+            await asyncio.sleep(0.02)  # resumed by the answer: it waits again, and is released again
+        await wait_until_waiting(engine, run.id)
+        await engine.cancel(run.id, reason="changed my mind")
+        with pytest.raises(durable.WorkflowCancelled):
+            await run.result(timeout=30)
+    spans = otel.spans()
+    first, second, third = named(spans, "durable.run tel_asks")
+    assert events(first) == [("input requested", {"durable.command_id": 1, "durable.input_key": "approval"})]
+    assert events(second) == [
+        ("message received", {"durable.message_kind": "input", "durable.message_name": "approval"}),
+        ("event wait started", {"durable.command_id": 2, "durable.event": "never"}),
+    ]
+    assert events(third) == [("cancel requested", {"durable.reason": "changed my mind"})]
+    assert [dict(s.attributes or {}).get("durable.released") for s in (first, second)] == ["waiting", "waiting"]
+    assert dict(third.attributes or {})["durable.outcome"] == "cancelled"
+    assert third.status.status_code == StatusCode.UNSET  # a cancellation is not an error
+
+
 async def test_the_callers_span_around_start_is_the_parent_of_the_run(otel: Otel, engine_url: str) -> None:
     tracer = otel.tracer_provider.get_tracer("the application")
     async with otel.engine(engine_url) as engine:
@@ -471,7 +502,8 @@ def test_a_stored_context_reads_back_and_a_missing_one_derives_a_stable_trace() 
 async def test_metrics_count_a_known_set_of_runs_exactly(otel: Otel, engine_url: str) -> None:
     # Horizon 0: the retry's delay and the sleep (0.3 s each, long enough to be ahead when the driver decides)
     # each release their run, whose next claim replays its history.
-    async with otel.engine(engine_url, horizon=0.0, poll_interval=0.05) as engine:
+    # A worker of named queues reads their depth as it starts (then every 5 s).
+    async with otel.engine(engine_url, horizon=0.0, poll_interval=0.05, queues={"default": 100}) as engine:
         handles = [await engine.start(two_steps, 1), await engine.start(two_steps, 2)]
         handles += await engine.start_many(retries, [(1,)])
         handles.append(await engine.start(fails, 1))
@@ -483,6 +515,8 @@ async def test_metrics_count_a_known_set_of_runs_exactly(otel: Otel, engine_url:
                 pass
         assert engine.worker is not None
         worker_id = engine.worker.worker_id
+        while engine.worker.active_runs:  # a result is visible as soon as it commits: let the drivers end
+            await asyncio.sleep(0.01)
         measured = otel.metrics()
 
     def by(**attributes: Any) -> frozenset[tuple[str, Any]]:
@@ -509,9 +543,8 @@ async def test_metrics_count_a_known_set_of_runs_exactly(otel: Otel, engine_url:
     assert measured["durable.queue.wait_time"] == {by(queue="default"): 7}
     assert measured["durable.replay.duration"] == {by(workflow="tel_retries"): 1, by(workflow="tel_sleeps"): 1}
     assert measured["durable.worker.active_runs"] == {frozenset({("durable.worker", worker_id)}): 0}
-    assert {dict(key)["durable.state"] for key in measured["durable.queue.depth"]} == {
-        "pending", "scheduled", "waiting", "running",
-    }  # fmt: skip
+    states = ("pending", "scheduled", "waiting", "running")
+    assert set(measured["durable.queue.depth"]) == {by(queue="default", state=state) for state in states}
 
 
 # -- off by default, and the global providers ------------------------------------------------------------------------
