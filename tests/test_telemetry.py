@@ -20,16 +20,26 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 import durable
 import history
-from durable._telemetry import derived_origin, extract
+from durable._telemetry import derived_origin, extract, inject
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -494,6 +504,29 @@ def test_a_stored_context_reads_back_and_a_missing_one_derives_a_stable_trace() 
     assert derived_origin(run).trace_id != derived_origin(history.RunRecord(
         id="r", workflow="wf", status="pending", input=b"[]", created_at=at + timedelta(seconds=1), updated_at=at,
         next_seq=2)).trace_id  # fmt: skip
+
+
+_KEY = st.from_regex(r"[a-z][a-z0-9_\-*/]{0,15}", fullmatch=True)
+_VALUE = st.from_regex(r"[!-+\--<>-~]{1,16}", fullmatch=True)  # printable ASCII but ',' and '='
+
+
+@given(
+    trace_id=st.integers(1, 2**128 - 1),
+    span_id=st.integers(1, 2**64 - 1),
+    sampled=st.booleans(),
+    state=st.lists(st.tuples(_KEY, _VALUE), max_size=4, unique_by=lambda kv: kv[0]),
+)
+def test_a_span_context_survives_the_stored_form(
+    trace_id: int, span_id: int, sampled: bool, state: list[tuple[str, str]]
+) -> None:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    original = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=TraceState(state))
+    stored = inject(set_span_in_context(NonRecordingSpan(original)))
+    assert stored is not None and stored.startswith(f"00-{trace_id:032x}-{span_id:016x}-")
+    read = extract(stored)
+    assert read is not None
+    assert (read.trace_id, read.span_id, read.trace_flags.sampled) == (trace_id, span_id, sampled)
+    assert list(read.trace_state.items()) == state
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------
