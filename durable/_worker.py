@@ -167,8 +167,9 @@ class Worker:
             if cleanup is not None:  # awaited: a pass cut short releases its connection before the store closes
                 cleanup.cancel()
                 await asyncio.gather(cleanup, return_exceptions=True)
-            if depths is not None:
+            if depths is not None:  # awaited too: a read cut short releases its connection before the store closes
                 depths.cancel()
+                await asyncio.gather(depths, return_exceptions=True)
             if metrics is not None:
                 metrics.discard_worker(self)
             self._signal.close()
