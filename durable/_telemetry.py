@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MeterProvider", "RunObserver", "Telemetry", "TracerProvider"]  # the provider types: for annotations
 
-_VERSION = "0.1.0"
+_VERSION = "0.1.0"  # durable.__version__, which is not defined yet when durable/__init__ imports this module
 _W3C = TraceContextTextMapPropagator()
 """W3C trace context only, whatever global propagator the application set: the stored column has one format."""
 
@@ -91,9 +91,14 @@ def effective_metrics(provider: MeterProvider | None) -> Metrics | None:
     chosen = provider if provider is not None else metrics.get_meter_provider()
     if isinstance(chosen, (_ProxyMeters, NoOpMeterProvider)):
         return None
-    found = _METRICS.get(chosen)
-    if found is None:
-        found = _METRICS[chosen] = Metrics(chosen)
+    # One set of instruments per provider: an engine and its worker share them (a second set of the same names
+    # would make the SDK warn of duplicate instruments and report the gauges twice).
+    try:
+        found = _METRICS.get(chosen)
+        if found is None:
+            found = _METRICS[chosen] = Metrics(chosen)
+    except TypeError:  # a provider that cannot be weakly referenced: instruments of its own for each caller
+        found = Metrics(chosen)
     return found
 
 
