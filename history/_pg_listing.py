@@ -1,0 +1,76 @@
+"""``list_runs`` for PostgreSQL: one statement per shape of request, built from the named fragments below.
+
+Each fragment is a condition on ``durable_runs`` whose parameters are numbered when the statement is built; values
+are always passed as parameters, never written into the text. The indexes each shape reads are in
+``migrations/postgres/0004_listing.sql`` (and ``bench_list.py`` checks them at a million runs).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from . import _pg_queries as q
+from ._listing import RunQuery, filters
+
+# name -> the condition, with {0}, {1} for its parameters.
+_FRAGMENTS = {
+    # one workflow: durable_runs_workflow_created (with a status: durable_runs_workflow_status)
+    "workflow": "workflow = {0}",
+    # one status: durable_runs_status_created
+    "status": "status = {0}",
+    # several statuses, some finished
+    "statuses": "status = ANY({0}::text[])",
+    # several unfinished statuses: the literal list implies the predicate of durable_runs_active
+    "statuses_active": "status = ANY({0}::text[]) AND status NOT IN " + q.FINISHED,
+    # one of the names in current_step (comma-separated for parallel steps); only unfinished runs have one, which
+    # the literal says, so that durable_runs_active is read (current_step itself is not indexed: HOT appends)
+    "current_step": "status NOT IN " + q.FINISHED + " AND strpos(',' || current_step || ',', ',' || {0} || ',') > 0",
+    # started (engine.start) at or after / before: created_at
+    "started_after": "created_at >= {0}",
+    "started_before": "created_at < {0}",
+    # one queue: durable_runs_queue_created
+    "queue": "queue = {0}",
+    # children of one run: durable_runs_parent
+    "parent_id": "parent_id = {0}",
+    # run id or dedup key starts with the text: the range [{0}, {1}) of durable_runs_id_prefix and
+    # durable_runs_dedup_prefix (a bitmap OR of the two)
+    "search": '(((id COLLATE "C") >= {0} AND (id COLLATE "C") < {1}) '
+              'OR ((dedup_key COLLATE "C") >= {0} AND (dedup_key COLLATE "C") < {1}))',
+}
+
+
+@cache
+def list_runs_sql(names: tuple[str, ...], order_key: str, descending: bool, after: bool) -> str:
+    """The statement for filters ``names`` (in ``filters`` order), listed by ``order_key`` then id, after a keyset
+    cursor when ``after``. ``$1`` is the row limit; then each filter's parameters, then the cursor's two."""
+    where: list[str] = []
+    number = 1
+    for name in names:
+        fragment = _FRAGMENTS[name]
+        count = 2 if "{1}" in fragment else 1
+        where.append(fragment.format(*(f"${number + i + 1}" for i in range(count))))
+        number += count
+    if order_key in ("started_at", "finished_at"):
+        where.append(f"{order_key} IS NOT NULL")  # such runs are not listed; implies the partial indexes' predicate
+    direction = "DESC" if descending else "ASC"
+    if after:
+        where.append(f"({order_key}, id) {'<' if descending else '>'} (${number + 1}, ${number + 2})")
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    return (
+        f"SELECT {q.RUN_COLUMNS} FROM durable_runs {clause}"
+        f"ORDER BY {order_key} {direction}, id {direction} LIMIT $1"
+    )
+
+
+def list_runs_args(query: RunQuery) -> tuple[str, list[Any]]:
+    """The statement for ``query`` and its parameters (one row more than the limit: is there a next page?)."""
+    wanted = filters(query)
+    args: list[Any] = [query.limit + 1]
+    for _, values in wanted:
+        args.extend(values)
+    if query.after is not None:
+        args.extend(query.after)
+    sql = list_runs_sql(tuple(name for name, _ in wanted), query.order_key, query.descending, query.after is not None)
+    return sql, args
+
