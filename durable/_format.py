@@ -292,10 +292,11 @@ def execution_table(executions: Sequence[Execution], style: Style) -> str:
             when(e.created_at),
             millis(e.duration_ms),
             str(e.history_length),
+            (e.current_step or "")[:40],
         ]
         for e in executions
     ]
-    return table(["id", "workflow", "status", "created", "took", "events"], rows, style)
+    return table(["id", "workflow", "status", "created", "took", "events", "doing"], rows, style)
 
 
 def execution_summary(execution: Execution, style: Style) -> str:
