@@ -51,16 +51,34 @@ def list_runs_sql(names: tuple[str, ...], order_key: str, descending: bool, afte
         count = 2 if "{1}" in fragment else 1
         where.append(fragment.format(*(f"${number + i + 1}" for i in range(count))))
         number += count
+    cursor = f"(${number + 1}, ${number + 2})" if after else ""
+    if order_key == "updated_at":
+        return _by_updated_at(where, descending, cursor)
     if order_key in ("started_at", "finished_at"):
         where.append(f"{order_key} IS NOT NULL")  # such runs are not listed; implies the partial indexes' predicate
+    return _ordered(where, order_key, descending, cursor)
+
+
+def _ordered(where: list[str], key: str, descending: bool, cursor: str) -> str:
+    """``SELECT`` the runs matching ``where`` by ``key`` then id, after ``cursor`` (SQL of a row, or "")."""
     direction = "DESC" if descending else "ASC"
-    if after:
-        where.append(f"({order_key}, id) {'<' if descending else '>'} (${number + 1}, ${number + 2})")
+    if cursor:
+        where = [*where, f"({key}, id) {'<' if descending else '>'} {cursor}"]
     clause = f"WHERE {' AND '.join(where)} " if where else ""
-    return (
-        f"SELECT {q.RUN_COLUMNS} FROM durable_runs {clause}"
-        f"ORDER BY {order_key} {direction}, id {direction} LIMIT $1"
-    )
+    order = f"ORDER BY {key} {direction}, id {direction}"
+    return f"SELECT {q.RUN_COLUMNS} FROM durable_runs {clause}{order} LIMIT $1"
+
+
+def _by_updated_at(where: list[str], descending: bool, cursor: str) -> str:
+    """Runs by ``updated_at``, which no index holds (a step append changes it: an index would make every step
+    append a non-HOT update). A finished run's ``updated_at`` is its ``finished_at`` (the finishing append sets
+    both; nothing updates a finished run's row), so: the unfinished runs, few, read from ``durable_runs_active``
+    and sorted, merged with the finished runs read in order from ``durable_runs_finished_at``. Each branch stops
+    after ``$1`` rows."""
+    direction = "DESC" if descending else "ASC"
+    unfinished = _ordered([*where, "status NOT IN " + q.FINISHED], "updated_at", descending, cursor)
+    finished = _ordered([*where, "finished_at IS NOT NULL"], "finished_at", descending, cursor)
+    return f"({unfinished})\nUNION ALL\n({finished})\nORDER BY updated_at {direction}, id {direction} LIMIT $1"
 
 
 def list_runs_args(query: RunQuery) -> tuple[str, list[Any]]:
