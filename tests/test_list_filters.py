@@ -278,6 +278,62 @@ async def test_current_step_shows_the_running_step_then_the_sleep_and_clears_whe
         assert len(await engine.list_executions(current_step="list_blocking")) == 0
 
 
+_both = threading.Barrier(3)  # the two parallel steps and the test
+_parallel_gate = threading.Event()
+
+
+def _hold() -> str:
+    _both.wait(30)
+    assert _parallel_gate.wait(30), "the test never released the steps"
+    return "done"
+
+
+@durable.step(name="list_pack")
+def _pack() -> str:
+    return _hold()
+
+
+@durable.step(name="list_label")
+def _label() -> str:
+    return _hold()
+
+
+@durable.workflow(name="list_parallel_then_event")
+async def _parallel_then_event(ctx: durable.WorkflowContext) -> Any:
+    await _quick()
+    await asyncio.gather(_pack(), _label())
+    return await ctx.wait_for_event("paid")
+
+
+async def _current_step_becomes(engine: durable.Engine, run_id: str, wanted: str) -> durable.Execution:
+    """The run once its current_step is ``wanted`` (each change is one append away)."""
+    for _ in range(1000):
+        execution = await engine.get_execution(run_id)
+        if execution.current_step == wanted or execution.finished_at is not None:
+            return execution
+        await asyncio.sleep(0.01)
+    return execution
+
+
+async def test_current_step_names_parallel_steps_then_the_event_waited_for(engine_url: str) -> None:
+    _both.reset()
+    _parallel_gate.clear()
+    async with durable.Engine(engine_url) as engine:
+        run = await engine.start(_parallel_then_event)
+        await asyncio.to_thread(_both.wait, 30)  # both steps are running now
+        execution = await engine.get_execution(run.id)
+        assert execution.current_step == "list_pack,list_label"
+        for name in ("list_pack", "list_label"):
+            assert [e.id for e in await engine.list_executions(current_step=name)] == [run.id]
+        _parallel_gate.set()
+        execution = await _current_step_becomes(engine, run.id, "event:paid")
+        assert (execution.status, execution.current_step) == ("waiting", "event:paid")
+        assert [e.id for e in await engine.list_executions(current_step="event:paid", status="waiting")] == [run.id]
+        await engine.send_event(run.id, "paid", {"amount": 3})
+        assert await run.result(timeout=20) == {"amount": 3}
+        assert (await engine.get_execution(run.id)).current_step is None
+
+
 # --- bad arguments -----------------------------------------------------------------------------------------------
 
 
