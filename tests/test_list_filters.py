@@ -184,6 +184,18 @@ async def test_appends_set_keep_or_clear_current_step_and_finishing_clears_it(st
     assert await step_append([], status=COMPLETED, result=b"1", current_step="anything") is None
 
 
+async def test_a_finished_runs_updated_at_is_its_finished_at(store: Store) -> None:
+    # PostgreSQL lists by updated_at through the finished_at index for finished runs (no index on updated_at):
+    # that holds only while nothing updates a finished run's row.
+    for shape in (COMPLETED, FAILED):
+        run = await make_run(store, shape)
+        assert run.finished_at is not None and run.updated_at == run.finished_at
+        await store.request_cancel(run.id, "too late")
+        with pytest.raises(durable.RunAlreadyFinished):
+            await store.send_message(run.id, "event", "late", b"1")
+        assert await store.get_run(run.id) == run
+
+
 # --- pagination: every matching run exactly once, in order ---------------------------------------------------
 
 _SHAPES = st.sampled_from(["pending", "running", "waiting", COMPLETED, FAILED])
