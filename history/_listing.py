@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from ._errors import DurableError
-from ._records import STATUSES, RunPage, RunRecord, Unset
+from ._records import COMPLETED, STATUSES, RunPage, RunRecord, Unset
 
 ORDER_KEYS = ("created_at", "started_at", "finished_at", "updated_at")
 """The timestamps runs can be listed by (prefix ``-`` for newest first)."""
@@ -259,6 +259,8 @@ def stored_step(value: str | Unset | None) -> str | None:
 # --- the shape of the SQL statement ---------------------------------------------------------------------------
 
 _UNFINISHED = frozenset({"pending", "running", "waiting"})
+DEFAULT_QUEUE = "default"
+"""The queue of runs started without one (``NewRun.queue``)."""
 
 
 def filters(query: RunQuery) -> list[tuple[str, tuple[Any, ...]]]:
@@ -268,11 +270,16 @@ def filters(query: RunQuery) -> list[tuple[str, tuple[Any, ...]]]:
     wanted: list[tuple[str, tuple[Any, ...]]] = []
     if query.workflow is not None:
         wanted.append(("workflow", (query.workflow,)))
+    # Some shapes depend on a value, to add a literal the partial indexes need: completed runs (most of them) are
+    # not in durable_runs_status_created, default-queue runs not in durable_runs_queue_created (those filters
+    # read durable_runs_created instead, where they are most rows), unfinished runs alone are durable_runs_active.
     if len(query.statuses) == 1:
-        wanted.append(("status", query.statuses))
+        wanted.append(("status" if query.statuses[0] == COMPLETED else "status_not_completed", query.statuses))
     elif query.statuses:
-        # Only unfinished statuses: the literal "unfinished" predicate lets the planner read durable_runs_active.
-        kind = "statuses_active" if _UNFINISHED.issuperset(query.statuses) else "statuses"
+        if _UNFINISHED.issuperset(query.statuses):
+            kind = "statuses_active"
+        else:
+            kind = "statuses" if COMPLETED in query.statuses else "statuses_not_completed"
         wanted.append((kind, (list(query.statuses),)))
     if query.current_step is not None:
         wanted.append(("current_step", (query.current_step,)))
@@ -281,7 +288,7 @@ def filters(query: RunQuery) -> list[tuple[str, tuple[Any, ...]]]:
     if query.created_before is not None:
         wanted.append(("started_before", (query.created_before,)))
     if query.queue is not None:
-        wanted.append(("queue", (query.queue,)))
+        wanted.append(("queue" if query.queue == DEFAULT_QUEUE else "queue_not_default", (query.queue,)))
     if query.parent_id is not None:
         wanted.append(("parent_id", (query.parent_id,)))
     if query.search_range is not None:

@@ -17,10 +17,14 @@ from ._listing import RunQuery, filters
 _FRAGMENTS = {
     # one workflow: durable_runs_workflow_created (with a status: durable_runs_workflow_status)
     "workflow": "workflow = {0}",
-    # one status: durable_runs_status_created
+    # status completed: most runs, read from the order index (durable_runs_status_created leaves them out)
     "status": "status = {0}",
-    # several statuses, some finished
+    # one other status: durable_runs_status_created (the literal implies its predicate)
+    "status_not_completed": "status = {0} AND status <> 'completed'",
+    # several statuses, completed among them
     "statuses": "status = ANY({0}::text[])",
+    # several statuses, some finished, not completed
+    "statuses_not_completed": "status = ANY({0}::text[]) AND status <> 'completed'",
     # several unfinished statuses: the literal list implies the predicate of durable_runs_active
     "statuses_active": "status = ANY({0}::text[]) AND status NOT IN " + q.FINISHED,
     # one of the names in current_step (comma-separated for parallel steps); only unfinished runs have one, which
@@ -29,8 +33,10 @@ _FRAGMENTS = {
     # started (engine.start) at or after / before: created_at
     "started_after": "created_at >= {0}",
     "started_before": "created_at < {0}",
-    # one queue: durable_runs_queue_created
+    # the default queue: most runs, read from the order index (durable_runs_queue_created leaves them out)
     "queue": "queue = {0}",
+    # another queue: durable_runs_queue_created (the literal implies its predicate)
+    "queue_not_default": "queue = {0} AND queue <> 'default'",
     # children of one run: durable_runs_parent
     "parent_id": "parent_id = {0}",
     # run id or dedup key starts with the text: the range [{0}, {1}) of durable_runs_id_prefix and

@@ -19,8 +19,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # name -> the condition, with {0}, {1} for its parameters.
 _FRAGMENTS = {
     "workflow": "workflow = {0}",  # durable_runs_workflow_created (with a status: durable_runs_workflow_status)
-    "status": "status = {0}",  # durable_runs_status_created
+    "status": "status = {0}",  # completed: most runs, read from the order index
+    "status_not_completed": "status = {0} AND status <> 'completed'",  # durable_runs_status_created (partial)
     "statuses": "status IN (SELECT value FROM json_each({0}))",
+    "statuses_not_completed": "status IN (SELECT value FROM json_each({0})) AND status <> 'completed'",
     # the literal list implies the predicate of durable_runs_active
     "statuses_active": "status IN (SELECT value FROM json_each({0})) AND status NOT IN " + q.FINISHED,
     # one of the names in current_step (comma-separated for parallel steps), of an unfinished run (the literal
@@ -28,7 +30,8 @@ _FRAGMENTS = {
     "current_step": "status NOT IN " + q.FINISHED + " AND instr(',' || current_step || ',', ',' || {0} || ',') > 0",
     "started_after": "created_at >= {0}",  # started with engine.start: created_at
     "started_before": "created_at < {0}",
-    "queue": "queue = {0}",  # durable_runs_queue_created
+    "queue": "queue = {0}",  # the default queue: most runs, read from the order index
+    "queue_not_default": "queue = {0} AND queue <> 'default'",  # durable_runs_queue_created (partial)
     "parent_id": "parent_id = {0}",  # durable_runs_parent
     # run id or dedup key starts with the text: ranges of the primary key and durable_runs_dedup_prefix (BINARY)
     "search": "((id >= {0} AND id < {1}) OR (dedup_key >= {0} AND dedup_key < {1}))",

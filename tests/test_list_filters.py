@@ -317,11 +317,13 @@ async def _parallel_then_event(ctx: durable.WorkflowContext) -> Any:
     return await ctx.wait_for_event("paid")
 
 
-async def _current_step_becomes(engine: durable.Engine, run_id: str, wanted: str) -> durable.Execution:
-    """The run once its current_step is ``wanted`` (each change is one append away)."""
+async def _current_step_becomes(
+    engine: durable.Engine, run_id: str, wanted: str, status: str = "running"
+) -> durable.Execution:
+    """The run once its current_step is ``wanted`` and its status ``status`` (each change is an append away)."""
     for _ in range(1000):
         execution = await engine.get_execution(run_id)
-        if execution.current_step == wanted or execution.finished_at is not None:
+        if (execution.current_step, execution.status) == (wanted, status) or execution.finished_at is not None:
             return execution
         await asyncio.sleep(0.01)
     return execution
@@ -338,7 +340,7 @@ async def test_current_step_names_parallel_steps_then_the_event_waited_for(engin
         for name in ("list_pack", "list_label"):
             assert [e.id for e in await engine.list_executions(current_step=name)] == [run.id]
         _parallel_gate.set()
-        execution = await _current_step_becomes(engine, run.id, "event:paid")
+        execution = await _current_step_becomes(engine, run.id, "event:paid", "waiting")  # then parked
         assert (execution.status, execution.current_step) == ("waiting", "event:paid")
         assert [e.id for e in await engine.list_executions(current_step="event:paid", status="waiting")] == [run.id]
         await engine.send_event(run.id, "paid", {"amount": 3})

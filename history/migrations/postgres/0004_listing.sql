@@ -18,14 +18,24 @@ COMMENT ON COLUMN durable_runs.current_step IS
 -- "Runs of workflow W, newest first": the most common listing. durable_runs_workflow_status serves it only with
 -- a status (its second column).
 CREATE INDEX durable_runs_workflow_created ON durable_runs (workflow, created_at, id);
+-- With it, durable_runs_workflow_status needs no completed runs (most rows, and a third entry per run: its
+-- finishing version): "workflow W, status completed" reads durable_runs_workflow_created, where nearly every row
+-- matches; the other statuses say "status <> 'completed'" (history._listing.filters), which implies this.
+DROP INDEX durable_runs_workflow_status;
+CREATE INDEX durable_runs_workflow_status ON durable_runs (workflow, status, created_at, id)
+    WHERE status <> 'completed';
 
 -- "Failed runs, newest first" (any single status, across workflows). status changes only in claims, releases
--- and finishes (non-HOT already).
-CREATE INDEX durable_runs_status_created ON durable_runs (status, created_at, id);
+-- and finishes (non-HOT already). Completed runs, most of the table, are left out: "status = completed" reads
+-- durable_runs_created, where nearly every row matches, and a run's finishing version costs no entry here. The
+-- query adds the literal "status <> 'completed'" for the other statuses (history._listing.filters), which
+-- implies the predicate whatever the parameter.
+CREATE INDEX durable_runs_status_created ON durable_runs (status, created_at, id) WHERE status <> 'completed';
 
 -- "Runs of queue Q, newest first". durable_runs_queue holds unfinished runs only, durable_runs_queue_started
--- is in start order.
-CREATE INDEX durable_runs_queue_created ON durable_runs (queue, created_at, id);
+-- is in start order. Runs of the default queue are left out, as completed runs above: a filter on it reads
+-- durable_runs_created (it is usually most runs); the query says "queue <> 'default'" for the others.
+CREATE INDEX durable_runs_queue_created ON durable_runs (queue, created_at, id) WHERE queue <> 'default';
 
 -- Unfinished runs newest first: a current_step filter (current_step is not indexed, see above: the query adds
 -- the literal "status NOT IN (finished)" and reads this small index, checking current_step in the rows), and

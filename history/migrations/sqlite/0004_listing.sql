@@ -11,10 +11,16 @@ ALTER TABLE durable_runs ADD COLUMN current_step TEXT;
 
 -- "Runs of workflow W, newest first" (durable_runs_workflow_status needs a status for that order).
 CREATE INDEX durable_runs_workflow_created ON durable_runs (workflow, created_at, id);
--- "Failed runs, newest first" (any single status).
-CREATE INDEX durable_runs_status_created ON durable_runs (status, created_at, id);
--- "Runs of queue Q, newest first".
-CREATE INDEX durable_runs_queue_created ON durable_runs (queue, created_at, id);
+-- With it, durable_runs_workflow_status needs no completed runs (most rows): "workflow W, status completed"
+-- reads durable_runs_workflow_created; the other statuses say "status <> 'completed'".
+DROP INDEX durable_runs_workflow_status;
+CREATE INDEX durable_runs_workflow_status ON durable_runs (workflow, status, created_at, id)
+    WHERE status <> 'completed';
+-- "Failed runs, newest first" (any single status). Completed runs (most) are left out: that filter reads
+-- durable_runs_created; the query adds the literal "status <> 'completed'" for the others.
+CREATE INDEX durable_runs_status_created ON durable_runs (status, created_at, id) WHERE status <> 'completed';
+-- "Runs of queue Q, newest first". Default-queue runs (usually most) are left out, likewise.
+CREATE INDEX durable_runs_queue_created ON durable_runs (queue, created_at, id) WHERE queue <> 'default';
 -- Unfinished runs newest first: a current_step filter (the query adds this literal predicate and checks
 -- current_step in the rows), and lists of unfinished statuses. The status list is the code's FINISHED.
 CREATE INDEX durable_runs_active ON durable_runs (created_at, id)
