@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
+    from . import _cli_cleanup, _cli_stats
+
+    _cli_stats.add_commands(add, [common])  # stats
+    _cli_cleanup.add_commands(add, [common])  # cleanup
     return parser
 
 
@@ -155,6 +159,9 @@ def _add_worker(add: Any) -> None:
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="time to finish steps on stop (10 s)")
     p.add_argument("--queue", action="append", metavar="NAME=N", dest="queues", type=_queue_option,
                    help="serve this queue with N runs at once (repeatable; default: every queue)")
+    p.add_argument("--retention", type=_retention_option, metavar="KIND=AGE,…",
+                   help="delete old finished runs periodically, e.g. completed=30d,failed=90d[,cancelled=7d]"
+                        "[,every=1h] (default: keep every run)")
     p.set_defaults(command=cmd_worker)
 
 
@@ -162,6 +169,12 @@ def _queue_option(text: str) -> tuple[str, int]:
     from ._cli_queues import parse_queue_option
 
     return parse_queue_option(text)
+
+
+def _retention_option(text: str) -> Any:
+    from ._cli_cleanup import retention_option
+
+    return retention_option(text)
 
 
 def _add_start(add: Any) -> None:
@@ -260,7 +273,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     try:
         queues = dict(args.queues) if args.queues else None
         worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
-                        lease_seconds=args.lease_seconds)
+                        lease_seconds=args.lease_seconds, retention=args.retention)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()

@@ -27,7 +27,9 @@ from ._definitions import Workflow, encode_input, registered_workflows, resolve_
 from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
+from ._metrics import MetricsClient
 from ._queues import Queues
+from ._retention import Retention, RetentionClient
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
 
@@ -101,7 +103,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine(WorldClient):
+class Engine(WorldClient, MetricsClient, RetentionClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:
@@ -113,6 +115,7 @@ class Engine(WorldClient):
         store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
+        retention: delete old finished runs periodically in the in-process worker (see ``durable.Retention``).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -130,7 +133,10 @@ class Engine(WorldClient):
         poll_interval: float = 2.0,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        retention: Retention | None = None,
     ) -> None:
+        if retention is not None and not worker:
+            raise ValueError("retention= runs in the in-process worker: give worker=True, or use `durable worker`")
         self.store: Store = store if store is not None else open_store(url)
         self._run_worker = worker
         self._workflows = workflows
@@ -141,6 +147,7 @@ class Engine(WorldClient):
             lease_seconds=lease_seconds,
             horizon=horizon,
             poll_interval=poll_interval,
+            retention=retention,
         )
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""

@@ -23,6 +23,7 @@ from history import Append, Claim, HistoryConflict, LeaseLost, Store
 from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
+from ._retention import Retention, RetentionJob
 from ._step_context import StepInfo
 
 log = logging.getLogger("durable.worker")
@@ -79,6 +80,7 @@ class Worker:
         poll_interval: fallback poll when no notification arrives.
         clock: what "now" is (timers, retry times, ``ctx.now()``); a test passes a virtual clock.
         step_interceptor: a testing hook called instead of every step attempt's body (see ``StepInterceptor``).
+        retention: delete old finished runs periodically, in a background task (see ``durable.Retention``).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Worker:
         clock: Callable[[], datetime] = _utcnow,
         worker_id: str | None = None,
         step_interceptor: StepInterceptor | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -115,6 +118,8 @@ class Worker:
         self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
         self._signal = store.hub.subscribe_work()
         self._stopped = asyncio.Event()
+        self.retention = None if retention is None else RetentionJob(store, retention, clock, self.worker_id)
+        """The periodic cleanup (``None`` without ``retention=``); ``await worker.retention.wait_pass()``."""
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class Worker:
         names = sorted(self.workflows)
         await self.store.register_workflows(self.worker_id, names)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
         try:
@@ -136,6 +142,9 @@ class Worker:
         finally:
             stop_listening()
             heartbeat.cancel()
+            if cleanup is not None:  # awaited: a pass cut short releases its connection before the store closes
+                cleanup.cancel()
+                await asyncio.gather(cleanup, return_exceptions=True)
             self._signal.close()
             self._stopped.set()
 

@@ -47,6 +47,7 @@ from ._events import (
     ValueRecorded,
 )
 from ._memory import MemoryStore
+from ._metrics import RunStats
 from ._notify import Hub, WorkSignal
 from ._open import DEFAULT_URL, default_url, open_store
 from ._records import (
@@ -127,6 +128,7 @@ __all__ = [
     "RunPage",
     "RunRecord",
     "RunStarted",
+    "RunStats",
     "STATUSES",
     "SchemaError",
     "StateUpdated",

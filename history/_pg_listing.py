@@ -2,7 +2,7 @@
 
 Each fragment is a condition on ``durable_runs`` whose parameters are numbered when the statement is built; values
 are always passed as parameters, never written into the text. The indexes each shape reads are in
-``migrations/postgres/0004_listing.sql`` (and ``bench_list.py`` checks them at a million runs).
+the listing migration (``migrations/postgres/*_listing.sql``) (and ``bench_list.py`` checks them at a million runs).
 """
 
 from __future__ import annotations

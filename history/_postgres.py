@@ -46,6 +46,7 @@ from ._events import RecordedEvent
 from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
 from ._pg_listing import list_runs_args
+from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -129,7 +130,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore:
+class PostgresStore(PostgresMetrics):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:

@@ -1,7 +1,8 @@
 """``list_runs`` for SQLite: one statement per shape of request, built from the named fragments below.
 
 As in ``_pg_listing``: values are always parameters (``?n``), lists are one JSON array read with ``json_each``,
-times are integer microseconds. The indexes each shape reads are in ``migrations/sqlite/0004_listing.sql``.
+times are integer microseconds. The indexes each shape reads are in the listing migration
+(``migrations/sqlite/*_listing.sql``).
 """
 
 from __future__ import annotations

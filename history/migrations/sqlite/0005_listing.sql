@@ -9,9 +9,8 @@
 -- input:<key>, child:<id> or sleep; NULL once finished.
 ALTER TABLE durable_runs ADD COLUMN current_step TEXT;
 
--- "Runs of workflow W, newest first" (durable_runs_workflow_status needs a status for that order).
-CREATE INDEX durable_runs_workflow_created ON durable_runs (workflow, created_at, id);
--- With it, durable_runs_workflow_status needs no completed runs (most rows): "workflow W, status completed"
+-- "Runs of workflow W, newest first" reads durable_runs_workflow_created (workflow, created_at), made by the
+-- retention migration. With it, durable_runs_workflow_status needs no completed runs (most rows): "workflow W, status completed"
 -- reads durable_runs_workflow_created; the other statuses say "status <> 'completed'".
 DROP INDEX durable_runs_workflow_status;
 CREATE INDEX durable_runs_workflow_status ON durable_runs (workflow, status, created_at, id)

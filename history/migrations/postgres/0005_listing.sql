@@ -15,12 +15,12 @@ COMMENT ON COLUMN durable_runs.current_step IS
     'What the run does as of its last append: its steps in flight (comma-separated), else event:<name>, '
     'input:<key>, child:<id> or sleep; NULL once finished. Not indexed: step appends change it (HOT updates).';
 
--- "Runs of workflow W, newest first": the most common listing. durable_runs_workflow_status serves it only with
--- a status (its second column).
-CREATE INDEX durable_runs_workflow_created ON durable_runs (workflow, created_at, id);
--- With it, durable_runs_workflow_status needs no completed runs (most rows, and a third entry per run: its
--- finishing version): "workflow W, status completed" reads durable_runs_workflow_created, where nearly every row
--- matches; the other statuses say "status <> 'completed'" (history._listing.filters), which implies this.
+-- "Runs of workflow W, newest first", the most common listing, reads durable_runs_workflow_created (workflow,
+-- created_at), made by the retention migration for metrics: ties of created_at are put in id order by an
+-- incremental sort of a few rows. With it, durable_runs_workflow_status needs no completed runs (most rows, and
+-- a third entry per run: its finishing version): "workflow W, status completed" reads
+-- durable_runs_workflow_created, where nearly every row matches; the other statuses say
+-- "status <> 'completed'" (history._listing.filters), which implies this predicate whatever the parameter.
 DROP INDEX durable_runs_workflow_status;
 CREATE INDEX durable_runs_workflow_status ON durable_runs (workflow, status, created_at, id)
     WHERE status <> 'completed';
