@@ -1,7 +1,7 @@
 -- Durable schema for PostgreSQL: listing runs (engine.list_executions). Runs get current_step, and the indexes
 -- that keep each filter and order of list_runs (history._pg_listing) to a short index range at a million runs.
--- Applied like 0001, in one transaction under the advisory lock (plain CREATE INDEX: it blocks writes to
--- durable_runs while it builds, about a second per million runs).
+-- Applied like 0001, in one transaction under the advisory lock (plain CREATE INDEX: writes to durable_runs wait
+-- while each index reads the whole table once; upgrade a large database at a quiet moment).
 --
 -- Write cost, the other side of each index: every index costs an entry per inserted run and per non-HOT update.
 -- A step append stays a HOT update (no index entry at all): none of these indexes covers a column that the
