@@ -450,6 +450,9 @@ def test_durable_list_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 2 and "'name': use one of created_at" in err
     code, _, err = listed("--cursor", cursor)  # made for created_at ascending, used newest first
     assert code == 2 and "not '-created_at'" in err
+    assert main(["show", sending.id, "--database-url", url]) == 0
+    shown = capsys.readouterr().out
+    assert "doing" in shown and "send_mail" in shown
 
 
 def durable_store(url: str) -> Store:
