@@ -377,6 +377,7 @@ class RunDriver:
         await self._world.create_children()  # a child exists before its ChildStarted is recorded
         if self._instance is not None:
             update.update(self._world.side_effects(self._instance, events))
+            update["current_step"] = current_step(self._instance)  # rides on this append: no round trip of its own
         if self._consumed:
             update["consumed"], self._consumed = self._consumed, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
@@ -430,6 +431,19 @@ class RunDriver:
             self._obs.blocked(exc)
         retry_at = self.worker.clock() + _BLOCKED_RETRY
         await self.worker.store.mark_blocked(self.run_id, self.worker.worker_id, self.epoch, str(exc), retry_at)
+
+
+def current_step(instance: WorkflowInstance) -> str | None:
+    """What the run does once this append is in: its unfinished steps (running, about to start or waiting for a
+    retry) by name, comma-separated in call order; else what it waits for from the world; else ``sleep`` when a
+    timer is armed. Cheap: the steps and waits in flight, usually one."""
+    names = list(dict.fromkeys(step.name for step in instance.pending_steps.values()))
+    if names:
+        return ",".join(names)
+    waits = instance.waits
+    if waits:
+        return ",".join(waits)
+    return "sleep" if instance.pending_timers else None
 
 
 async def _call_body(step: StepRequest) -> Any:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,6 @@ from history import (
     CANCELLED,
     CONTINUED,
     FAILED,
-    STATUSES,
     ErrorInfo,
     NewRun,
     RunNotFound,
@@ -360,17 +359,49 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> ExecutionPage:
-        """Runs newest first, optionally filtered by workflow name and status; page with ``cursor``."""
+        """Runs that match every filter given, a page at a time (keyset pagination: stable under inserts).
+
+        Args:
+            workflow: the workflow name.
+            status: one status or several (``"failed"``, ``["pending", "running"]``).
+            limit: runs per page, 1 to 1000.
+            cursor: the ``next_cursor`` of the previous page (listed with the same ``order_by``).
+            current_step: runs doing this now: a step name (also one of several parallel steps), or a wait such
+                as ``"sleep"``, ``"event:<name>"``, ``"input:<key>"`` (see ``Execution.current_step``).
+            started_after: runs started with ``start()`` at or after this aware datetime (their ``created_at``,
+                so runs no worker has picked up yet are found too).
+            started_before: runs started before this aware datetime.
+            queue: the queue name.
+            parent_id: children of this run.
+            search: a prefix of the run id or of its dedup key (case-sensitive), e.g. a pasted id or an order
+                number used as dedup key.
+            order_by: ``created_at``, ``started_at`` (first picked up by a worker), ``finished_at`` or
+                ``updated_at``; prefix ``-`` for newest first (the default is ``-created_at``). Runs without that
+                time (not yet started, not finished) are left out of that order.
+
+        Raises:
+            ValueError: an unknown status or order, a limit out of range, a naive datetime, or a cursor that
+                is malformed or belongs to another order.
+        """
         self._require_open()
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-        if not 1 <= limit <= 1000:
-            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
-        page = await self.store.list_runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be an integer between 1 and 1000, got {limit!r}")
+        page = await self.store.list_runs(
+            workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+            started_after=started_after, started_before=started_before, queue=queue, parent_id=parent_id,
+            search=search, order_by=order_by,
+        )  # fmt: skip
         return ExecutionPage(items=[execution_from(run) for run in page.runs], next_cursor=page.next_cursor)
 
     # -- acting --------------------------------------------------------------------------------------------

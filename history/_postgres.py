@@ -41,10 +41,11 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 
 from . import _pg_queries as q
 from ._codec import decode_event, encode_event, event_type
-from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
+from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
+from ._pg_listing import list_runs_args
 from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
@@ -441,23 +442,23 @@ class PostgresStore(PostgresMetrics):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
-        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
-        if workflow is not None:
-            args.append(workflow)
-        if status is not None:
-            args.append(status)
-        if cursor is not None:
-            args.extend(decode_cursor(cursor))
-        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
-        rows = await self._db.fetch(sql, *args)
-        runs = [_run(row) for row in rows[:limit]]
-        more = len(rows) > limit and runs
-        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1].created_at, runs[-1].id) if more else None)
+        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated; one round trip."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        sql, args = list_runs_args(query)
+        return page_from(query, [_run(row) for row in await self._db.fetch(sql, *args)])
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
         """The run's events with ``seq > after_seq``, in order."""
@@ -536,6 +537,7 @@ class PostgresStore(PostgresMetrics):
         full = any(_is_full(item) for item in items)
         if full:
             args += _full_args(items)
+        args.append([stored_step(item.current_step) for item in items])  # the last array of both statements
         async with self._db.acquire() as conn:
             # run id -> the parent that got a "child" message (None: none)
             applied = await self._apply_appends(conn, q.APPEND_FULL if full else q.APPEND, args)

@@ -69,6 +69,10 @@ class RunRecord(msgspec.Struct, frozen=True):
     trace_context: str | None = None
     """The W3C trace context the run's spans descend from (``traceparent``, then ``tracestate`` after a newline
     when there is one): its starter's span, or its parent run's. Opaque to the store."""
+    current_step: str | None = None
+    """What the run is doing, as of its last append: the names of its steps in flight, comma-separated (in call
+    order), else what it waits for (``event:<name>``, ``input:<key>``, ``child:<run id>``, ``sleep``); ``None``
+    once finished (and before its first append)."""
 
     @property
     def finished(self) -> bool:
@@ -164,6 +168,8 @@ class Append(msgspec.Struct, frozen=True):
     """Inputs the run starts waiting for (listed by ``list_pending_inputs`` until closed or provided)."""
     close_inputs: Sequence[str] = ()
     """Keys of inputs the run no longer waits for (answered or timed out). A finished run closes all."""
+    current_step: str | Unset | None = UNSET
+    """The run's new ``current_step`` (``None`` clears it; ``UNSET`` leaves it). A finishing run's is cleared."""
 
 
 class Claim(msgspec.Struct, frozen=True):

@@ -25,9 +25,9 @@ import msgspec
 
 from . import _sqlite_queries as q
 from ._codec import decode_event, encode_event, event_type
-from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
+from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
@@ -61,6 +61,7 @@ from ._sql import (
     side_inputs,
 )
 from ._sqlite_claims import by_queue, choose
+from ._sqlite_listing import list_runs_args
 from ._sqlite_metrics import SqliteMetrics
 
 _T = TypeVar("_T")
@@ -378,24 +379,23 @@ class SqliteStore(SqliteMetrics):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
-        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
-        if workflow is not None:
-            args.append(workflow)
-        if status is not None:
-            args.append(status)
-        if cursor is not None:
-            created_at, run_id = decode_cursor(cursor)
-            args += [_us(created_at), run_id]
-        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
-        runs = await self._call(self._list_runs, sql, args)
-        page = runs[:limit]
-        more = len(runs) > limit and page
-        return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        sql, args = list_runs_args(query)
+        return page_from(query, await self._call(self._list_runs, sql, args))
 
     def _list_runs(self, sql: str, args: list[Any]) -> list[RunRecord]:
         return [_run(row) for row in self._connection().execute(sql, args)]
@@ -477,7 +477,7 @@ class SqliteStore(SqliteMetrics):
                 q.APPEND_RUN,
                 (item.status, len(item.events), now, item.result, encode_error(item.error), finished,
                  _us_or_none(item.wake_at), finished or item.release, item.run_id, item.worker_id, item.epoch,
-                 item.first_seq, item.state),
+                 item.first_seq, item.state, stored_step(item.current_step)),
             ).rowcount  # fmt: skip
             if updated != 1:
                 outcomes.append(_refusal(db, now, item))

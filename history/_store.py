@@ -69,11 +69,23 @@ class Store(Protocol):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (by creation time, then id), filtered, with keyset pagination."""
+        """Runs matching every filter given, in ``order_by`` (then id), ``limit`` at a time; pass a page's
+        ``next_cursor`` as ``cursor`` for the next. ``status``: one or several; ``current_step``: one of the
+        names in the run's ``current_step``; ``started_after <= created_at < started_before``; ``search``: the
+        run id or dedup key starts with it; ``order_by``: ``created_at``, ``started_at``, ``finished_at`` or
+        ``updated_at``, ``-`` for newest first (runs without that time are not listed). Raises ``ValueError`` for
+        bad arguments or a cursor of another order. See ``history._listing``."""
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
         """The run's events with ``seq > after_seq`` in order, in one round trip."""

@@ -51,6 +51,7 @@ from history import (
 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, now, raw, start, step
+from .test_store_databases import VERSIONS
 
 NewStore = Callable[..., Awaitable[Store]]
 LATER = timedelta(hours=1)
@@ -681,7 +682,7 @@ async def test_a_postgres_database_at_schema_1_upgrades_keeping_its_runs(postgre
                 await conn.execute("INSERT INTO durable_events VALUES ($1, 1, now(), 'run_started', $2)", run_id, event)
         finally:
             await conn.close()
-        assert await PostgresStore(url).upgrade() == _versions("postgres")[1:]  # 2, 3 and any later
+        assert await PostgresStore(url).upgrade() == VERSIONS[1:]
         store = history.open_store(url)
         await store.open()
         try:
@@ -715,7 +716,7 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
             db.execute("INSERT INTO durable_events VALUES (?, 1, ?, 'run_started', ?)", (run_id, t, event))
     finally:
         db.close()
-    assert await SqliteStore(url).upgrade() == _versions("sqlite")[1:]  # 2, 3 and any later
+    assert await SqliteStore(url).upgrade() == VERSIONS[1:]
     store = history.open_store(url)
     await store.open()
     try:
@@ -730,10 +731,3 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
         assert {"durable_runs_ready", "durable_runs_leases", "durable_runs_created", "durable_runs_parent"} <= indexes
     finally:
         db.close()
-
-
-def _versions(dialect: str) -> list[int]:
-    """Every shipped migration version of ``dialect`` (tests name no latest version: later schemas are added)."""
-    from history._sql import load_migrations
-
-    return [migration.version for migration in load_migrations(dialect)]
