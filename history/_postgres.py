@@ -45,6 +45,7 @@ from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
 from ._notify import Hub
+from ._pg_logs import PostgresLogs, log_args
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -128,7 +129,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore:
+class PostgresStore(PostgresLogs):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -534,7 +535,7 @@ class PostgresStore:
         args = _append_args(items)
         full = any(_is_full(item) for item in items)
         if full:
-            args += _full_args(items)
+            args += _full_args(items) + log_args(items)
         async with self._db.acquire() as conn:
             # run id -> the parent that got a "child" message (None: none)
             applied = await self._apply_appends(conn, q.APPEND_FULL if full else q.APPEND, args)
@@ -747,11 +748,12 @@ def _append_args(items: Sequence[Append]) -> list[list[Any]]:
 
 
 def _is_full(item: Append) -> bool:
-    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run or changes more than the run's row and events."""
+    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run, changes more than the run's row and events, or
+    carries log lines (so a step that logs nothing keeps the lean statement)."""
     return (
         item.status in FINISHED_STATUSES
         or item.state is not None
-        or bool(item.consumed or item.open_inputs or item.close_inputs)
+        or bool(item.consumed or item.open_inputs or item.close_inputs or item.logs)
     )
 
 

@@ -61,6 +61,7 @@ from ._sql import (
     side_inputs,
 )
 from ._sqlite_claims import by_queue, choose
+from ._sqlite_logs import SqliteLogs, insert_logs
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,7 +139,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore:
+class SqliteStore(SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -488,6 +489,8 @@ class SqliteStore:
             )  # fmt: skip
             if item.consumed or item.open_inputs or item.close_inputs:
                 _apply_side_tables(db, now, item)
+            if item.logs:
+                insert_logs(db, item.logs)
             if item.release and item.wake_at is not None and not finished:
                 db.execute(q.WAKE_IF_MESSAGES, (item.run_id,))  # messages came while it was held: no sleep
             if finished:
