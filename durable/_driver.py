@@ -35,6 +35,7 @@ from history import (
     ErrorInfo,
     Event,
     LeaseLost,
+    LogLine,
     PayloadError,
     RunCancelled,
     RunCompleted,
@@ -51,6 +52,7 @@ from history import (
 from replay import NonDeterminismError, Outcome, StepRequest, WorkflowInstance, error_info
 
 from ._driver_world import Arrival, WorldDriver
+from ._logs import _CAPTURE
 from ._step_context import _CURRENT_STEP, StepInfo
 from .errors import NonRetryableError, StepFailed
 
@@ -98,6 +100,7 @@ class RunDriver:
         self._waiting: dict[int, StepRequest] = {}  # steps waiting for their retry time
         self._timers: dict[int, datetime] = {}
         self._pending_events: list[Event] = []
+        self._logs: list[LogLine] = []  # captured lines the next append writes
         self._consumed: list[int] = []  # inbox messages recorded by the next append
         self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
@@ -235,6 +238,8 @@ class RunDriver:
         attempt = step.attempt
         info = StepInfo(self.run_id, self.run.workflow, step.name, step.command_id, attempt)
         token = _CURRENT_STEP.set(info)
+        capture = self.worker.logs.begin(info)
+        capture_token = _CAPTURE.set(capture)
         started = time.perf_counter()
         ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
         try:
@@ -251,9 +256,16 @@ class RunDriver:
             ended.error = TimeoutError(f"step {step.name!r} timed out after {definition.timeout}s")
         except Exception as exc:
             ended.error = exc
+        except BaseException:
+            if capture is not None:  # cancelled: the run is being torn down, and its lines with it
+                self.worker.logs.abandon(capture)
+            raise
         finally:
+            _CAPTURE.reset(capture_token)
             _CURRENT_STEP.reset(token)
         ended.duration_ms = (time.perf_counter() - started) * 1000.0
+        if capture is not None:
+            self._logs.extend(await self.worker.logs.end(capture))
         if ended.error is not None and self._retryable(ended.error, definition, attempt):
             delay = definition.retry.delay(attempt)
             ended.retry_at = self.worker.clock() + timedelta(seconds=delay)
@@ -350,6 +362,10 @@ class RunDriver:
             update.update(self._world.side_effects(self._instance, events))
         if self._consumed:
             update["consumed"], self._consumed = self._consumed, []
+        if self._instance is not None and (workflow_lines := self._instance.take_new_logs()):
+            self._logs = sorted([*self._logs, *workflow_lines], key=_logged_at)  # steps' and workflow's, in order
+        if self._logs:
+            update["logs"], self._logs = self._logs, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
         await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
@@ -393,6 +409,10 @@ class RunDriver:
         log.error("%s", exc)
         retry_at = self.worker.clock() + _BLOCKED_RETRY
         await self.worker.store.mark_blocked(self.run_id, self.worker.worker_id, self.epoch, str(exc), retry_at)
+
+
+def _logged_at(line: LogLine) -> datetime:
+    return line.at
 
 
 async def _call_body(step: StepRequest) -> Any:

@@ -16,6 +16,7 @@ from history import (
     FAILED,
     STATUSES,
     ErrorInfo,
+    LogLine,
     NewRun,
     RunNotFound,
     RunRecord,
@@ -28,6 +29,7 @@ from ._definitions import Workflow, encode_input, registered_workflows, resolve_
 from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
+from ._logs import LogLimits, check_log_query, read_all_logs, with_logs
 from ._queues import Queues
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
@@ -114,6 +116,7 @@ class Engine(WorldClient):
         store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
+        capture_logs, log_limits: the in-process worker's log capture (see ``durable.Worker``).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -131,6 +134,8 @@ class Engine(WorldClient):
         poll_interval: float = 2.0,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        capture_logs: bool = True,
+        log_limits: LogLimits | None = None,
     ) -> None:
         self.store: Store = store if store is not None else open_store(url)
         self._run_worker = worker
@@ -142,6 +147,8 @@ class Engine(WorldClient):
             lease_seconds=lease_seconds,
             horizon=horizon,
             poll_interval=poll_interval,
+            capture_logs=capture_logs,
+            log_limits=log_limits,
         )
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""
@@ -317,12 +324,48 @@ class Engine(WorldClient):
             raise RunNotFound(f"no run with id {run_id!r} in {self.url}: check the id with `durable list`")
         return run
 
-    async def get_execution(self, run_id: str, include_steps: bool = False) -> Execution:
-        """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history)."""
+    async def get_execution(self, run_id: str, include_steps: bool = False, include_logs: bool = False) -> Execution:
+        """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history); with
+        ``include_logs``, every captured log line in ``logs`` (and each step's in its ``StepView.logs``)."""
         run = await self._get_run(run_id)
         history = await self.store.read_history(run_id) if include_steps else None
         children = await self.store.list_children(run_id)
-        return execution_from(run, history, children=[child.id for child in children])
+        execution = execution_from(run, history, children=[child.id for child in children])
+        if include_logs:
+            execution = with_logs(execution, await read_all_logs(self.store, run_id))
+        return execution
+
+    async def get_logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        attempt: int | None = None,
+        level: str | int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLine]:
+        """The log lines captured for a run (step bodies' ``logging`` and ``print``, the workflow's ``ctx.logger``),
+        oldest first.
+
+        Args:
+            run_id: the run.
+            step: only the lines of steps of this name.
+            attempt: only the lines of this attempt number.
+            level: the lowest level, as a name (``"warning"``) or a number (printed lines are INFO on stdout and
+                WARNING on stderr).
+            after_id: only lines after this ``LogLine.id`` (read on from the last line seen).
+            limit: at most this many lines (1-10,000).
+
+        Raises:
+            RunNotFound: no run has this id.
+            ValueError: an unknown level, or a limit, attempt or ``after_id`` out of range.
+        """
+        min_level = check_log_query(step, attempt, level, after_id, limit)
+        await self._get_run(run_id)
+        return await self.store.read_logs(
+            run_id, step=step, attempt=attempt, min_level=min_level, after_id=after_id, limit=limit
+        )
 
     async def get_history(self, run_id: str) -> list[Any]:
         """The run's recorded events, in order (``history.RecordedEvent``)."""

@@ -11,6 +11,7 @@ import msgspec
 from history import (
     CONTINUED,
     ErrorInfo,
+    LogLine,
     RecordedEvent,
     RunRecord,
     StepCompleted,
@@ -38,6 +39,8 @@ class StepView(msgspec.Struct, frozen=True):
     retry_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    logs: list[LogLine] | None = None
+    """The step's captured log lines, every attempt (``get_execution(include_steps=True, include_logs=True)``)."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -69,6 +72,8 @@ class Execution(msgspec.Struct, frozen=True):
     continued_from: str | None = None
     continued_as: str | None = None
     """For a run that called ``ctx.continue_as_new``: the run that carries on."""
+    logs: list[LogLine] | None = None
+    """Every captured log line of the run, oldest first (``get_execution(include_logs=True)``)."""
 
     @property
     def duration_ms(self) -> float | None:

@@ -23,6 +23,7 @@ from history import Append, Claim, HistoryConflict, LeaseLost, Store
 from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
+from ._logs import LogLimits, StepLogs
 from ._step_context import StepInfo
 
 log = logging.getLogger("durable.worker")
@@ -79,6 +80,9 @@ class Worker:
         poll_interval: fallback poll when no notification arrives.
         clock: what "now" is (timers, retry times, ``ctx.now()``); a test passes a virtual clock.
         step_interceptor: a testing hook called instead of every step attempt's body (see ``StepInterceptor``).
+        capture_logs: keep what step bodies log and print, per run, step and attempt (``engine.get_logs``,
+            ``durable logs``); it still reaches the usual handlers and the terminal. See docs/observability-logs.md.
+        log_limits: how much one step attempt may capture (``LogLimits()``: 1,000 lines / 1 MB).
     """
 
     def __init__(
@@ -94,6 +98,8 @@ class Worker:
         clock: Callable[[], datetime] = _utcnow,
         worker_id: str | None = None,
         step_interceptor: StepInterceptor | None = None,
+        capture_logs: bool = True,
+        log_limits: LogLimits | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -111,6 +117,7 @@ class Worker:
         self.step_interceptor = step_interceptor
         self.stopping = False
         self.counts: collections.Counter[str] = collections.Counter()
+        self.logs = StepLogs(store, capture_logs, log_limits or LogLimits())
         self._appender = GroupAppender(store)
         self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
         self._signal = store.hub.subscribe_work()
@@ -125,6 +132,7 @@ class Worker:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
+        self.logs.start()
         try:
             while not self.stopping:
                 claimed = await self._claim_once(names)
@@ -134,6 +142,7 @@ class Worker:
             while self._drivers:
                 await asyncio.wait([task for _, task in self._drivers.values()])
         finally:
+            self.logs.stop()
             stop_listening()
             heartbeat.cancel()
             self._signal.close()

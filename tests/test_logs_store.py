@@ -113,4 +113,4 @@ def test_a_record_becomes_a_line_with_its_traceback_and_extra_fields() -> None:
     assert got.exc is not None and "ValueError: card declined" in got.exc
     extra = msgspec.json.decode(got.extra or b"")
     assert extra["order"] == {"id": 7} and extra["when"].startswith("<object object")
-    assert abs((got.at - datetime.now(UTC))) < timedelta(minutes=1)
+    assert abs(got.at - datetime.now(UTC)) < timedelta(minutes=1)
