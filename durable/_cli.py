@@ -1,5 +1,6 @@
 """The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``,
-(from ``_cli_history``) ``history`` and ``replay``, and (from ``_cli_world``) ``send-event`` and ``inputs``.
+(from ``_cli_history``) ``history`` and ``replay``, (from ``_cli_world``) ``send-event`` and ``inputs``, and (from
+``_cli_logs``) ``logs``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -127,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
-    from . import _cli_history, _cli_queues, _cli_world  # they import this module: hence here
+    from . import _cli_history, _cli_logs, _cli_queues, _cli_world  # they import this module: hence here
 
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
+    _cli_logs.add_commands(add, [common])  # logs
     return parser
 
 
@@ -155,6 +157,8 @@ def _add_worker(add: Any) -> None:
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="time to finish steps on stop (10 s)")
     p.add_argument("--queue", action="append", metavar="NAME=N", dest="queues", type=_queue_option,
                    help="serve this queue with N runs at once (repeatable; default: every queue)")
+    p.add_argument("--no-capture-logs", action="store_false", dest="capture_logs",
+                   help="do not keep what steps log and print (see `durable logs`)")
     p.set_defaults(command=cmd_worker)
 
 
@@ -268,7 +272,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     try:
         queues = dict(args.queues) if args.queues else None
         worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
-                        lease_seconds=args.lease_seconds)
+                        lease_seconds=args.lease_seconds, capture_logs=args.capture_logs)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()
