@@ -52,7 +52,6 @@ from history import (
 from replay import NonDeterminismError, Outcome, StepRequest, WorkflowInstance, error_info
 
 from ._driver_world import Arrival, WorldDriver
-from ._logs import _CAPTURE
 from ._step_context import _CURRENT_STEP, StepInfo
 from .errors import NonRetryableError, StepFailed
 
@@ -238,8 +237,7 @@ class RunDriver:
         attempt = step.attempt
         info = StepInfo(self.run_id, self.run.workflow, step.name, step.command_id, attempt)
         token = _CURRENT_STEP.set(info)
-        capture = self.worker.logs.begin(info)
-        capture_token = _CAPTURE.set(capture)
+        capturing = self.worker.logs.begin(info)
         started = time.perf_counter()
         ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
         try:
@@ -257,15 +255,16 @@ class RunDriver:
         except Exception as exc:
             ended.error = exc
         except BaseException:
-            if capture is not None:  # cancelled: the run is being torn down, and its lines with it
-                self.worker.logs.abandon(capture)
+            if capturing:  # cancelled: the run is being torn down, and its lines with it
+                self.worker.logs.abandon(info)
             raise
         finally:
-            _CAPTURE.reset(capture_token)
             _CURRENT_STEP.reset(token)
         ended.duration_ms = (time.perf_counter() - started) * 1000.0
-        if capture is not None:
-            self._logs.extend(await self.worker.logs.end(capture))
+        if capturing and (capture := self.worker.logs.end(info)) is not None:
+            if capture.inflight is not None:  # the live tail is writing earlier lines of it: they go first
+                await asyncio.shield(capture.inflight)
+            self._logs += capture.finish()
         if ended.error is not None and self._retryable(ended.error, definition, attempt):
             delay = definition.retry.delay(attempt)
             ended.retry_at = self.worker.clock() + timedelta(seconds=delay)

@@ -35,7 +35,7 @@ import msgspec
 from history import MAX_LINE_CHARS, LogLine, Store, clean_text, line_from_record
 
 from ._execution import Execution
-from ._step_context import StepInfo
+from ._step_context import _CURRENT_STEP, StepInfo
 
 log = logging.getLogger("durable.worker")
 
@@ -104,9 +104,12 @@ def parse_level(level: str | int | None) -> int | None:
 # -- one attempt's buffer ----------------------------------------------------------------------------------------
 
 
+_BUFFER_LOCK = threading.Lock()
+"""Guards every buffer: held for a few list operations, so one lock for all costs less than one per attempt."""
+
 class _Capture:
     """The lines of one step attempt. Written from the attempt's task or thread; taken by the driver (at the end)
-    and by the live-tail task (while it runs), under a lock."""
+    and by the live-tail task (while it runs), under ``_BUFFER_LOCK``."""
 
     __slots__ = ("_closed", "_dropped", "_kept", "_lines", "_lock", "_notify", "_partial", "_size", "inflight",
                  "info", "limits")
@@ -118,9 +121,9 @@ class _Capture:
         self._kept = 0
         self._size = 0
         self._dropped = 0
-        self._partial: dict[str, str] = {}
+        self._partial: dict[str, str] | None = None  # made on the first partial line: most attempts print none
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = _BUFFER_LOCK
         self._notify = notify
         self.inflight: asyncio.Future[None] | None = None
         """Set while the live-tail task writes lines of this attempt (the rest waits, to keep their order)."""
@@ -147,6 +150,8 @@ class _Capture:
     def write(self, stream: str, text: str) -> None:
         """Text written to ``stream``: complete lines are kept, a partial one waits for its newline."""
         with self._lock:
+            if self._partial is None:
+                self._partial = {}
             pending = self._partial.get(stream, "") + text
             if "\n" not in text and len(pending) < MAX_LINE_CHARS:
                 self._partial[stream] = pending
@@ -175,9 +180,12 @@ class _Capture:
 
     def finish(self) -> list[LogLine]:
         """End the attempt: its last partial lines, a marker if lines were dropped, and what was not taken."""
+        if not (self._lines or self._partial or self._dropped):  # the common case, without the lock: no output
+            self._closed = True
+            return []
         with self._lock:
-            partial, self._partial = self._partial, {}
-        for stream, content in partial.items():
+            partial, self._partial = self._partial, None
+        for stream, content in (partial or {}).items():
             if content:
                 self.add(self._stream_line(stream, content))
         with self._lock:
@@ -194,7 +202,18 @@ class _Capture:
         return lines
 
 
-_CAPTURE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("durable_log_capture", default=None)
+_WORKER_LOGS: contextvars.ContextVar[StepLogs | None] = contextvars.ContextVar("durable_worker_logs", default=None)
+"""The capture of the worker whose task (or one of its drivers', attempts', threads') runs: set once by
+``StepLogs.start`` in the worker's own task, inherited by every task and thread it starts."""
+
+
+def _current_buffer() -> _Capture | None:
+    """The buffer of the step attempt running in this context, or ``None`` (no capturing worker, no step)."""
+    logs = _WORKER_LOGS.get()
+    if logs is None:
+        return None
+    info = _CURRENT_STEP.get()
+    return None if info is None else logs.buffer(info)
 
 
 # -- the process-wide hooks ----------------------------------------------------------------------------------
@@ -209,10 +228,11 @@ class _CaptureHandler(logging.Handler):
     """On the root logger: keeps each record that reaches it in the current attempt's buffer (if any)."""
 
     def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: the buffer's own suffices
-        capture = _CAPTURE.get()
-        if capture is not None and not _durables(record.name):
+        if not _durables(record.name):
             try:
-                capture.record(record)
+                capture = _current_buffer()
+                if capture is not None:
+                    capture.record(record)
             except Exception:  # capture must never break the application's logging
                 self.handleError(record)
         if len(logging.root.handlers) == 1:
@@ -249,10 +269,9 @@ class _TeeStream:
         self._name = name
 
     def write(self, text: str) -> int:
-        capture = _CAPTURE.get()
+        capture = _current_buffer() if _installed else None
         # Not what a logging handler writes to this stream: the record itself is captured already.
-        if (capture is not None and _installed and isinstance(text, str)
-                and sys._getframe(1).f_globals.get("__name__") != "logging"):
+        if capture is not None and isinstance(text, str) and sys._getframe(1).f_globals.get("__name__") != "logging":
             capture.write(self._name, text)
         return self._original.write(text)
 
@@ -331,7 +350,8 @@ class StepLogs:
         self.store = store
         self.enabled = enabled
         self.limits = limits
-        self._active: set[_Capture] = set()
+        self._running: set[int] = set()  # id() of the StepInfo of each attempt running (unique while it runs)
+        self._buffers: dict[int, _Capture] = {}  # made at an attempt's first line: most attempts print nothing
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -341,6 +361,7 @@ class StepLogs:
         if not self.enabled or self._task is not None:
             return
         install()
+        _WORKER_LOGS.set(self)  # in the worker's task: its drivers, their attempts and threads inherit it
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._task = self._loop.create_task(self._tail())
@@ -352,27 +373,43 @@ class StepLogs:
             task.cancel()
             uninstall()
 
-    def begin(self, info: StepInfo) -> _Capture | None:
-        """A buffer for the attempt ``info`` (``None`` when capture is off); the driver sets it as ``_CAPTURE``."""
+    def begin(self, info: StepInfo) -> bool:
+        """Attempt ``info`` starts (in a context where ``_CURRENT_STEP`` is ``info``): its output is kept from now.
+        False when capture is off. Nearly free: a buffer is made only when the attempt writes its first line."""
         if self._task is None:
-            return None
+            return False
         if _HANDLER not in logging.root.handlers:  # basicConfig(force=True) or dictConfig removed it: put it back
             logging.root.addHandler(_HANDLER)
-        capture = _Capture(info, self.limits, self._notify)
-        self._active.add(capture)
+        self._running.add(id(info))
+        return True
+
+    def buffer(self, info: StepInfo) -> _Capture | None:
+        """The buffer of running attempt ``info`` (made now if it has none); ``None`` once it has ended (an
+        abandoned sync step still printing)."""
+        key = id(info)
+        capture = self._buffers.get(key)
+        if capture is None:
+            with _BUFFER_LOCK:
+                if key not in self._running:
+                    return None
+                capture = self._buffers.get(key)
+                if capture is None:
+                    capture = self._buffers[key] = _Capture(info, self.limits, self._notify)
         return capture
 
-    async def end(self, capture: _Capture) -> list[LogLine]:
-        """The attempt ended: its lines not written yet (the driver appends them with the outcome)."""
-        self._active.discard(capture)
-        if capture.inflight is not None:  # the live tail is writing its earlier lines: keep them first
-            await asyncio.shield(capture.inflight)
-        return capture.finish()
+    def end(self, info: StepInfo) -> _Capture | None:
+        """Attempt ``info`` ended: its buffer, if it wrote anything. The driver awaits ``inflight`` (the live tail
+        writing earlier lines of it, which must stay first), then appends ``finish()`` with the outcome."""
+        key = id(info)
+        with _BUFFER_LOCK:
+            self._running.discard(key)
+            return self._buffers.pop(key, None)
 
-    def abandon(self, capture: _Capture) -> None:
+    def abandon(self, info: StepInfo) -> None:
         """The attempt was cancelled: stop keeping its lines."""
-        self._active.discard(capture)
-        capture.finish()
+        capture = self.end(info)
+        if capture is not None:
+            capture.finish()
 
     def _notify(self) -> None:
         """A running attempt has unwritten lines (called from any thread)."""
@@ -386,7 +423,7 @@ class StepLogs:
             await self._wake.wait()
             await asyncio.sleep(LIVE_DELAY)  # not a poll: only while some attempt has lines to write
             self._wake.clear()
-            captures = [capture for capture in self._active if capture.pending]
+            captures = [capture for capture in list(self._buffers.values()) if capture.pending]
             if not captures:
                 continue
             done = asyncio.get_running_loop().create_future()

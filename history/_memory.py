@@ -258,7 +258,8 @@ class MemoryStore:
                     item = msgspec.structs.replace(item, wake_at=None)
                 self._runs[item.run_id] = run = self._apply(run, item, now)
                 self._apply_side_tables(run, item, now)
-                self._add_logs(item.logs)
+                if item.logs:
+                    self._add_logs(item.logs)
                 outcomes.append(None)
                 if item.status in FINISHED_STATUSES:
                     finished.append(item.run_id)

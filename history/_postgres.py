@@ -14,6 +14,8 @@ each once per pooled connection. Round trips per call, the number the engine's s
   items that finish a run, consume messages, publish state or open/close inputs use a larger statement, still
   one;
 * ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1;
+* ``write_logs``, ``read_logs`` (``_pg_logs``): 1; log lines in an append cost none (they use its larger
+  statement);
 * ``send_message``, ``read_inbox``, ``list_pending_inputs``, ``list_children``: 1 (plus 1 to explain a refusal);
 * ``provide_input``: 4 (a transaction: lock the run, answer, commit), at human rates;
 * ``configure_queue``, ``list_queues``, ``queue_stats``: 1.

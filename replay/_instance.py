@@ -249,9 +249,14 @@ class WorkflowInstance(WorldMixin):
         events, self._new_events = self._new_events, []
         return events
 
-    def take_new_logs(self) -> list[LogLine]:
+    def take_new_logs(self) -> Sequence[LogLine]:
         """Lines the code logged with ``ctx.logger`` since the last call (none while replaying), for the next
         append; past ``MAX_WORKFLOW_LINES`` between two appends, a marker says how many were dropped."""
+        if not self._logs:  # the common case: a shared empty tuple, no allocation per append
+            return () if not self._logs_dropped else self._take_logs()
+        return self._take_logs()
+
+    def _take_logs(self) -> list[LogLine]:
         lines, self._logs = self._logs, []
         if self._logs_dropped:
             lines.append(LogLine(

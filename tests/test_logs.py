@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -297,3 +300,41 @@ async def test_get_logs_refuses_an_unknown_run_and_bad_filters(engine_url: str) 
 
 def test_levels_parse_by_name_or_number() -> None:
     assert [_logs.parse_level(v) for v in ("warning", "WARN", "Error", "15", 25, None)] == [30, 30, 40, 15, 25, None]
+
+
+UNCONFIGURED = '''
+import asyncio, logging, sys
+import durable
+
+log = logging.getLogger("plain")
+
+@durable.step
+async def talks() -> None:
+    log.info("quiet info")
+    log.warning("loud warning")
+
+@durable.workflow(name="unconfigured")
+async def unconfigured(ctx: durable.WorkflowContext) -> None:
+    await talks()
+
+async def main() -> None:
+    async with durable.Engine("memory://") as engine:
+        handle = await engine.start(unconfigured)
+        await handle.result(timeout=30)
+        lines = await engine.get_logs(handle.id)
+    root = logging.getLogger()
+    restored = sys.stdout is sys.__stdout__
+    print([line.message for line in lines], logging.getLevelName(root.level), root.handlers, restored)
+
+asyncio.run(main())
+'''
+
+
+def test_with_logging_unconfigured_the_terminal_shows_what_python_would(tmp_path: Path) -> None:
+    script = tmp_path / "unconfigured.py"
+    script.write_text(UNCONFIGURED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "DURABLE_DATABASE_URL"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "loud warning\n"  # Python's last resort, as without Durable: INFO stays silent
+    assert done.stdout == "['quiet info', 'loud warning'] WARNING [] True\n"  # both kept; all restored after
