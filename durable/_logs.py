@@ -10,9 +10,12 @@ when the last such worker stops):
 * ``sys.stdout`` and ``sys.stderr`` replaced by proxies that pass every write through to the original stream
   and also keep it, split into lines (a partial line waits for its newline, or for the attempt's end).
 
-Which attempt a record or a write belongs to is a context variable (``_CAPTURE``) set by the driver around the
-attempt, never a global: two async steps interleaving on one loop, or sync steps in threads (anyio's
-``to_thread.run_sync`` runs them in a copy of the caller's context), each write to their own buffer.
+Which attempt a record or a write belongs to is told by context variables, never a global: the attempt's
+``StepInfo`` (``_CURRENT_STEP``, set by the driver around each attempt) and the worker's capture
+(``_WORKER_LOGS``, set once in the worker's task and inherited by every task it starts). Two async steps
+interleaving on one loop, or sync steps in threads (anyio's ``to_thread.run_sync`` runs them in a copy of the
+caller's context), each write to their own buffer, made when the attempt writes its first line: an attempt that
+writes nothing costs two set operations.
 
 Lines are written with the step's outcome, in the same commit (``Append.logs``). A step that runs long has its
 lines written earlier, about a second after they were logged, by a small task that sleeps only while some
@@ -309,8 +312,10 @@ def install() -> None:
             _lowered_from = root.level
             root.setLevel(logging.INFO)
         root.addHandler(_HANDLER)
-        sys.stdout = _TeeStream(sys.stdout, "stdout")
-        sys.stderr = _TeeStream(sys.stderr, "stderr")
+        if sys.stdout is not None:  # None under pythonw: nothing to pass writes to
+            sys.stdout = _TeeStream(sys.stdout, "stdout")
+        if sys.stderr is not None:
+            sys.stderr = _TeeStream(sys.stderr, "stderr")
 
 
 def uninstall() -> None:

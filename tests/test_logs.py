@@ -17,6 +17,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import durable
 from durable import _logs
@@ -338,3 +340,52 @@ def test_with_logging_unconfigured_the_terminal_shows_what_python_would(tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stderr == "loud warning\n"  # Python's last resort, as without Durable: INFO stays silent
     assert done.stdout == "['quiet info', 'loud warning'] WARNING [] True\n"  # both kept; all restored after
+
+
+_release: dict[str, asyncio.Event] = {}
+
+
+@durable.step
+async def long_running(key: str) -> str:
+    print("started")
+    app_log.info("working")
+    await _release[key].wait()  # the test lets it finish once it has seen the lines above
+    print("finished")
+    return key
+
+
+@durable.workflow(name="logs_live_tail")
+async def live_tail(ctx: durable.WorkflowContext, key: str) -> str:
+    return await long_running(key)
+
+
+async def test_a_long_steps_lines_are_readable_while_it_runs(engine_url: str) -> None:
+    key = f"{engine_url}-{time.monotonic()}"
+    _release[key] = asyncio.Event()
+    async with durable.Engine(engine_url) as engine:
+        handle = await engine.start(live_tail, key)
+        early: list[LogLine] = []
+        async with asyncio.timeout(30):  # written by the live tail about a second after they were logged
+            while len(early) < 2:
+                early = await engine.get_logs(handle.id)
+                await asyncio.sleep(0.05)
+        assert (await engine.get_execution(handle.id)).status == "running"
+        _release[key].set()
+        assert await handle.result(timeout=30) == key
+        every = await engine.get_logs(handle.id)
+        after = await engine.get_logs(handle.id, after_id=early[-1].id)
+    assert [line.message for line in early] == ["started", "working"]
+    assert [line.message for line in every] == ["started", "working", "finished"]
+    assert every[:2] == early and [line.message for line in after] == ["finished"]
+
+
+@given(writes=st.lists(st.text(alphabet="ab\n", max_size=6), max_size=12))
+def test_writes_become_the_lines_they_spell(writes: list[str]) -> None:
+    capture = _logs._Capture(durable.StepInfo("r", "w", "s", 1, 1), durable.LogLimits(), None)
+    for text in writes:
+        capture.write("stdout", text)
+    lines = [line.message for line in capture.finish()]
+    expected = "".join(writes).split("\n")
+    if expected[-1] == "":
+        expected.pop()  # a newline at the end ends the last line; it starts no new one
+    assert lines == expected
