@@ -110,6 +110,7 @@ def parse_level(level: str | int | None) -> int | None:
 _BUFFER_LOCK = threading.Lock()
 """Guards every buffer: held for a few list operations, so one lock for all costs less than one per attempt."""
 
+
 class _Capture:
     """The lines of one step attempt. Written from the attempt's task or thread; taken by the driver (at the end)
     and by the live-tail task (while it runs), under ``_BUFFER_LOCK``."""
@@ -160,6 +161,9 @@ class _Capture:
                 self._partial[stream] = pending
                 return
             *complete, rest = pending.split("\n")
+            while len(rest) >= MAX_LINE_CHARS:  # a line that never ends: kept in pieces, never held whole
+                complete.append(rest[:MAX_LINE_CHARS])
+                rest = rest[MAX_LINE_CHARS:]
             self._partial[stream] = rest
         for content in complete:
             self.add(self._stream_line(stream, content))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import durable
 from durable import _logs
-from history import LogLine
+from history import MAX_LINE_CHARS, LogLine
 
 app_log = logging.getLogger("tests.logs.app")
 
@@ -389,3 +389,11 @@ def test_writes_become_the_lines_they_spell(writes: list[str]) -> None:
     if expected[-1] == "":
         expected.pop()  # a newline at the end ends the last line; it starts no new one
     assert lines == expected
+
+
+def test_a_line_that_never_ends_is_kept_in_bounded_pieces() -> None:
+    capture = _logs._Capture(durable.StepInfo("r", "w", "s", 1, 1), durable.LogLimits(), None)
+    for _ in range(5):
+        capture.write("stdout", "x" * 30_000)
+    pieces = [line.message for line in capture.finish()]
+    assert "".join(pieces) == "x" * 150_000 and max(map(len, pieces)) == MAX_LINE_CHARS
