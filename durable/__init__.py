@@ -11,7 +11,9 @@ from ._definitions import Step, Workflow, registered_workflows, step, workflow
 from ._engine import Engine, RunHandle
 from ._execution import Execution, ExecutionPage, StepView
 from ._logs import LogLimits
+from ._metrics import RunMetrics
 from ._queues import Queues
+from ._retention import CleanupReport, Retention
 from ._retry import Retry
 from ._step_context import StepInfo, current_step
 from ._worker import Worker
@@ -50,6 +52,7 @@ __all__ = [
     "Cancelled",
     "ChildHandle",
     "ChildWorkflowFailed",
+    "CleanupReport",
     "DatabaseUnavailable",
     "DurableError",
     "Engine",
@@ -72,9 +75,11 @@ __all__ = [
     "QueueStats",
     "Queues",
     "ResultTimeout",
+    "Retention",
     "Retry",
     "RunAlreadyFinished",
     "RunHandle",
+    "RunMetrics",
     "RunNotFound",
     "SchemaError",
     "Step",

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
     _cli_logs.add_commands(add, [common])  # logs
+    from . import _cli_cleanup, _cli_stats
+
+    _cli_stats.add_commands(add, [common])  # stats
+    _cli_cleanup.add_commands(add, [common])  # cleanup
     return parser
 
 
@@ -159,6 +163,9 @@ def _add_worker(add: Any) -> None:
                    help="serve this queue with N runs at once (repeatable; default: every queue)")
     p.add_argument("--no-capture-logs", action="store_false", dest="capture_logs",
                    help="do not keep what steps log and print (see `durable logs`)")
+    p.add_argument("--retention", type=_retention_option, metavar="KIND=AGE,…",
+                   help="delete old finished runs periodically, e.g. completed=30d,failed=90d[,cancelled=7d]"
+                        "[,every=1h] (default: keep every run)")
     p.set_defaults(command=cmd_worker)
 
 
@@ -166,6 +173,12 @@ def _queue_option(text: str) -> tuple[str, int]:
     from ._cli_queues import parse_queue_option
 
     return parse_queue_option(text)
+
+
+def _retention_option(text: str) -> Any:
+    from ._cli_cleanup import retention_option
+
+    return retention_option(text)
 
 
 def _add_start(add: Any) -> None:
@@ -272,7 +285,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     try:
         queues = dict(args.queues) if args.queues else None
         worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
-                        lease_seconds=args.lease_seconds, capture_logs=args.capture_logs)
+                        lease_seconds=args.lease_seconds, retention=args.retention,
+                        capture_logs=args.capture_logs)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()

@@ -30,7 +30,9 @@ from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
 from ._logs import LogLimits, check_log_query, read_all_logs, with_logs
+from ._metrics import MetricsClient
 from ._queues import Queues
+from ._retention import Retention, RetentionClient
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
 
@@ -104,7 +106,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine(WorldClient):
+class Engine(WorldClient, MetricsClient, RetentionClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:
@@ -117,6 +119,7 @@ class Engine(WorldClient):
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
         capture_logs, log_limits: the in-process worker's log capture (see ``durable.Worker``).
+        retention: delete old finished runs periodically in the in-process worker (see ``durable.Retention``).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -136,7 +139,10 @@ class Engine(WorldClient):
         clock: Callable[[], datetime] | None = None,
         capture_logs: bool = True,
         log_limits: LogLimits | None = None,
+        retention: Retention | None = None,
     ) -> None:
+        if retention is not None and not worker:
+            raise ValueError("retention= runs in the in-process worker: give worker=True, or use `durable worker`")
         self.store: Store = store if store is not None else open_store(url)
         self._run_worker = worker
         self._workflows = workflows
@@ -149,6 +155,7 @@ class Engine(WorldClient):
             poll_interval=poll_interval,
             capture_logs=capture_logs,
             log_limits=log_limits,
+            retention=retention,
         )
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""

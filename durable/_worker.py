@@ -24,6 +24,7 @@ from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
 from ._logs import LogLimits, StepLogs
+from ._retention import Retention, RetentionJob
 from ._step_context import StepInfo
 
 log = logging.getLogger("durable.worker")
@@ -83,6 +84,7 @@ class Worker:
         capture_logs: keep what step bodies log and print, per run, step and attempt (``engine.get_logs``,
             ``durable logs``); it still reaches the usual handlers and the terminal. See docs/observability-logs.md.
         log_limits: how much one step attempt may capture (``LogLimits()``: 1,000 lines / 1 MB).
+        retention: delete old finished runs periodically, in a background task (see ``durable.Retention``).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Worker:
         step_interceptor: StepInterceptor | None = None,
         capture_logs: bool = True,
         log_limits: LogLimits | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -122,6 +125,8 @@ class Worker:
         self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
         self._signal = store.hub.subscribe_work()
         self._stopped = asyncio.Event()
+        self.retention = None if retention is None else RetentionJob(store, retention, clock, self.worker_id)
+        """The periodic cleanup (``None`` without ``retention=``); ``await worker.retention.wait_pass()``."""
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -130,6 +135,7 @@ class Worker:
         names = sorted(self.workflows)
         await self.store.register_workflows(self.worker_id, names)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
         self.logs.start()
@@ -145,6 +151,9 @@ class Worker:
             self.logs.stop()
             stop_listening()
             heartbeat.cancel()
+            if cleanup is not None:  # awaited: a pass cut short releases its connection before the store closes
+                cleanup.cancel()
+                await asyncio.gather(cleanup, return_exceptions=True)
             self._signal.close()
             self._stopped.set()
 

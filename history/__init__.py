@@ -48,6 +48,7 @@ from ._events import (
 )
 from ._logs import MAX_LINE_CHARS, clean_text, line_from_record
 from ._memory import MemoryStore
+from ._metrics import RunStats
 from ._notify import Hub, WorkSignal
 from ._open import DEFAULT_URL, default_url, open_store
 from ._records import (
@@ -131,6 +132,7 @@ __all__ = [
     "RunPage",
     "RunRecord",
     "RunStarted",
+    "RunStats",
     "STATUSES",
     "SchemaError",
     "StateUpdated",

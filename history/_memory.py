@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._events import RecordedEvent
 from ._logs import select_lines
+from ._memory_metrics import MemoryMetrics
 from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
@@ -48,7 +49,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore:
+class MemoryStore(MemoryMetrics):
     """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
 
     def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:

@@ -48,6 +48,7 @@ from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
 from ._notify import Hub
 from ._pg_logs import PostgresLogs, log_args
+from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -131,7 +132,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore(PostgresLogs):
+class PostgresStore(PostgresMetrics, PostgresLogs):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:

@@ -62,6 +62,7 @@ from ._sql import (
 )
 from ._sqlite_claims import by_queue, choose
 from ._sqlite_logs import SqliteLogs, insert_logs
+from ._sqlite_metrics import SqliteMetrics
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -139,7 +140,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore(SqliteLogs):
+class SqliteStore(SqliteMetrics, SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:

@@ -13,11 +13,12 @@ suite in ``tests/test_store_contract.py`` against every backend:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ._events import RecordedEvent
+from ._metrics import RunStats
 from ._notify import Hub
 from ._records import (
     UNSET,
@@ -188,3 +189,19 @@ class Store(Protocol):
 
     async def queue_stats(self, name: str) -> QueueStats:
         """Counts of the queue's unfinished runs by state, its oldest pending age, and its settings."""
+
+    # -- metrics and retention ----------------------------------------------------------------------------------
+
+    async def run_metrics(self, workflow: str | None, since: datetime) -> list[RunStats]:
+        """Counts and durations of the runs created at or after ``since`` (definitions: ``history._metrics``):
+        with ``workflow``, one ``RunStats`` for it; without, the total first (``workflow`` None), then one per
+        workflow with runs in the period, by name. Computed by the database where there is one."""
+
+    async def count_finished(self, before: Mapping[str, datetime]) -> dict[str, int]:
+        """How many runs ``delete_finished(before)`` would delete in all (every batch), by status."""
+
+    async def delete_finished(self, before: Mapping[str, datetime], *, limit: int) -> dict[str, int]:
+        """Delete up to ``limit`` runs whose status is a key of ``before`` (finished statuses only, else
+        ``ValueError``) and that finished before its cut-off, with every row of theirs (history, inbox, inputs),
+        in one short transaction; return how many of each status went. Unfinished runs are never touched.
+        Runs another transaction holds locked are skipped, so concurrent jobs share the work."""

@@ -9,7 +9,16 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from history import MAX_LINE_CHARS, LeaseLost, LogLine, Store, clean_text, line_from_record
+from history import (
+    COMPLETED,
+    MAX_LINE_CHARS,
+    LeaseLost,
+    LogLine,
+    RunCompleted,
+    Store,
+    clean_text,
+    line_from_record,
+)
 
 from .test_store_contract import append, start, step
 
@@ -114,3 +123,17 @@ def test_a_record_becomes_a_line_with_its_traceback_and_extra_fields() -> None:
     extra = msgspec.json.decode(got.extra or b"")
     assert extra["order"] == {"id": 7} and extra["when"].startswith("<object object")
     assert abs(got.at - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+async def test_retention_deletes_the_lines_of_the_runs_it_deletes(store: Store) -> None:
+    done = await start(store)
+    going_on = await start(store)
+    await store.write_logs([line(done.run.id, "old"), line(going_on.run.id, "still running")])
+    finish = append(done, [RunCompleted(result=msgspec.Raw(b"1"))], status=COMPLETED, result=b"1", release=True,
+                    logs=[line(done.run.id, "last words")])
+    assert await store.append([finish]) == [None]
+    assert len(await store.read_logs(done.run.id)) == 2
+    assert await store.delete_finished({COMPLETED: datetime.now(UTC) + timedelta(minutes=1)}, limit=10) == {
+        COMPLETED: 1}
+    assert await store.read_logs(done.run.id) == []
+    assert [got.message for got in await store.read_logs(going_on.run.id)] == ["still running"]
