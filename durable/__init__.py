@@ -3,13 +3,14 @@
 Everything a user needs is importable from here.
 """
 
-from history import PendingInput, QueueConfig, QueueStats
+from history import LogLine, PendingInput, QueueConfig, QueueStats
 from replay import ChildHandle, WorkflowContext, unsafe_nondeterminism
 
 from . import replay as replay  # the replay tool: durable.replay.replay(workflow, "run.json")
 from ._definitions import Step, Workflow, registered_workflows, step, workflow
 from ._engine import Engine, RunHandle
 from ._execution import Execution, ExecutionPage, StepView
+from ._logs import LogLimits
 from ._metrics import RunMetrics
 from ._queues import Queues
 from ._retention import CleanupReport, Retention
@@ -63,6 +64,8 @@ __all__ = [
     "InputNotPending",
     "InputValidationError",
     "LeaseLost",
+    "LogLimits",
+    "LogLine",
     "NonDeterminismError",
     "NonRetryableError",
     "PayloadError",

@@ -1,5 +1,6 @@
 """The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``,
-(from ``_cli_history``) ``history`` and ``replay``, and (from ``_cli_world``) ``send-event`` and ``inputs``.
+(from ``_cli_history``) ``history`` and ``replay``, (from ``_cli_world``) ``send-event`` and ``inputs``, and (from
+``_cli_logs``) ``logs``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _global_options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add = functools.partial(sub.add_parser, parents=[common])
-    from . import _cli_history, _cli_list, _cli_queues, _cli_world  # they import this module: hence here
+    from . import _cli_history, _cli_list, _cli_logs, _cli_queues, _cli_world  # they import this module: hence here
 
     _add_worker(add)
     _add_start(add)
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
+    _cli_logs.add_commands(add, [common])  # logs
     from . import _cli_cleanup, _cli_stats
 
     _cli_stats.add_commands(add, [common])  # stats
@@ -159,6 +161,8 @@ def _add_worker(add: Any) -> None:
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="time to finish steps on stop (10 s)")
     p.add_argument("--queue", action="append", metavar="NAME=N", dest="queues", type=_queue_option,
                    help="serve this queue with N runs at once (repeatable; default: every queue)")
+    p.add_argument("--no-capture-logs", action="store_false", dest="capture_logs",
+                   help="do not keep what steps log and print (see `durable logs`)")
     p.add_argument("--retention", type=_retention_option, metavar="KIND=AGE,…",
                    help="delete old finished runs periodically, e.g. completed=30d,failed=90d[,cancelled=7d]"
                         "[,every=1h] (default: keep every run)")
@@ -273,7 +277,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     try:
         queues = dict(args.queues) if args.queues else None
         worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
-                        lease_seconds=args.lease_seconds, retention=args.retention)
+                        lease_seconds=args.lease_seconds, retention=args.retention,
+                        capture_logs=args.capture_logs)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()

@@ -35,6 +35,7 @@ from history import (
     ErrorInfo,
     Event,
     LeaseLost,
+    LogLine,
     PayloadError,
     RunCancelled,
     RunCompleted,
@@ -99,6 +100,7 @@ class RunDriver:
         self._waiting: dict[int, StepRequest] = {}  # steps waiting for their retry time
         self._timers: dict[int, datetime] = {}
         self._pending_events: list[Event] = []
+        self._logs: list[LogLine] = []  # captured lines the next append writes
         self._consumed: list[int] = []  # inbox messages recorded by the next append
         self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
@@ -260,6 +262,7 @@ class RunDriver:
         token = _CURRENT_STEP.set(info)
         obs = self._obs
         span = None if obs is None else obs.step_started(step)  # the current span of the body, when tracing
+        capturing = self.worker.logs.begin(info)
         started = time.perf_counter()
         ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
         try:
@@ -276,11 +279,19 @@ class RunDriver:
             ended.error = TimeoutError(f"step {step.name!r} timed out after {definition.timeout}s")
         except Exception as exc:
             ended.error = exc
+        except BaseException:
+            if capturing:  # cancelled: the run is being torn down, and its lines with it
+                self.worker.logs.abandon(info)
+            raise
         finally:
             _CURRENT_STEP.reset(token)
             if span is not None and obs is not None:
                 obs.step_body_ended(span)
         ended.duration_ms = (time.perf_counter() - started) * 1000.0
+        if capturing and (capture := self.worker.logs.end(info)) is not None:
+            if capture.inflight is not None:  # the live tail is writing earlier lines of it: they go first
+                await asyncio.shield(capture.inflight)
+            self._logs += capture.finish()
         if ended.error is not None and self._retryable(ended.error, definition, attempt):
             delay = definition.retry.delay(attempt)
             ended.retry_at = self.worker.clock() + timedelta(seconds=delay)
@@ -380,6 +391,10 @@ class RunDriver:
             update["current_step"] = current_step(self._instance)  # rides on this append: no round trip of its own
         if self._consumed:
             update["consumed"], self._consumed = self._consumed, []
+        if self._instance is not None and (workflow_lines := self._instance.take_new_logs()):
+            self._logs = sorted([*self._logs, *workflow_lines], key=_logged_at)  # steps' and workflow's, in order
+        if self._logs:
+            update["logs"], self._logs = self._logs, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
         await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
@@ -444,6 +459,8 @@ def current_step(instance: WorkflowInstance) -> str | None:
     if waits:
         return ",".join(waits)
     return "sleep" if instance.pending_timers else None
+def _logged_at(line: LogLine) -> datetime:
+    return line.at
 
 
 async def _call_body(step: StepRequest) -> Any:

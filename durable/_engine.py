@@ -15,6 +15,7 @@ from history import (
     CONTINUED,
     FAILED,
     ErrorInfo,
+    LogLine,
     NewRun,
     RunNotFound,
     RunRecord,
@@ -27,6 +28,7 @@ from ._definitions import Workflow, encode_input, registered_workflows, resolve_
 from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
+from ._logs import LogLimits, check_log_query, read_all_logs, with_logs
 from ._metrics import MetricsClient
 from ._queues import Queues
 from ._retention import Retention, RetentionClient
@@ -119,6 +121,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
+        capture_logs, log_limits: the in-process worker's log capture (see ``durable.Worker``).
         retention: delete old finished runs periodically in the in-process worker (see ``durable.Retention``).
         tracer_provider, meter_provider: OpenTelemetry providers for spans and metrics, of this engine (the trace
             context stored with the runs it starts, ``durable.runs.started``) and of its worker (default: the
@@ -140,6 +143,8 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
         poll_interval: float = 2.0,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        capture_logs: bool = True,
+        log_limits: LogLimits | None = None,
         retention: Retention | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
@@ -156,6 +161,8 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
             lease_seconds=lease_seconds,
             horizon=horizon,
             poll_interval=poll_interval,
+            capture_logs=capture_logs,
+            log_limits=log_limits,
             retention=retention,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -343,12 +350,48 @@ class Engine(WorldClient, MetricsClient, RetentionClient):
             raise RunNotFound(f"no run with id {run_id!r} in {self.url}: check the id with `durable list`")
         return run
 
-    async def get_execution(self, run_id: str, include_steps: bool = False) -> Execution:
-        """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history)."""
+    async def get_execution(self, run_id: str, include_steps: bool = False, include_logs: bool = False) -> Execution:
+        """The run's state; with ``include_steps``, one ``StepView`` per step call (read from its history); with
+        ``include_logs``, every captured log line in ``logs`` (and each step's in its ``StepView.logs``)."""
         run = await self._get_run(run_id)
         history = await self.store.read_history(run_id) if include_steps else None
         children = await self.store.list_children(run_id)
-        return execution_from(run, history, children=[child.id for child in children])
+        execution = execution_from(run, history, children=[child.id for child in children])
+        if include_logs:
+            execution = with_logs(execution, await read_all_logs(self.store, run_id))
+        return execution
+
+    async def get_logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        attempt: int | None = None,
+        level: str | int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLine]:
+        """The log lines captured for a run (step bodies' ``logging`` and ``print``, the workflow's ``ctx.logger``),
+        oldest first.
+
+        Args:
+            run_id: the run.
+            step: only the lines of steps of this name.
+            attempt: only the lines of this attempt number.
+            level: the lowest level, as a name (``"warning"``) or a number (printed lines are INFO on stdout and
+                WARNING on stderr).
+            after_id: only lines after this ``LogLine.id`` (read on from the last line seen).
+            limit: at most this many lines (1-10,000).
+
+        Raises:
+            RunNotFound: no run has this id.
+            ValueError: an unknown level, or a limit, attempt or ``after_id`` out of range.
+        """
+        min_level = check_log_query(step, attempt, level, after_id, limit)
+        await self._get_run(run_id)
+        return await self.store.read_logs(
+            run_id, step=step, attempt=attempt, min_level=min_level, after_id=after_id, limit=limit
+        )
 
     async def get_history(self, run_id: str) -> list[Any]:
         """The run's recorded events, in order (``history.RecordedEvent``)."""

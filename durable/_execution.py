@@ -11,6 +11,7 @@ import msgspec
 from history import (
     CONTINUED,
     ErrorInfo,
+    LogLine,
     RecordedEvent,
     RunRecord,
     StepCompleted,
@@ -38,6 +39,8 @@ class StepView(msgspec.Struct, frozen=True):
     retry_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    logs: list[LogLine] | None = None
+    """The step's captured log lines, every attempt (``get_execution(include_steps=True, include_logs=True)``)."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -73,6 +76,8 @@ class Execution(msgspec.Struct, frozen=True):
     """What the run does now, as of its last recorded event: the names of its steps in flight (comma-separated
     when several run in parallel), else what it waits for (``event:<name>``, ``input:<key>``, ``child:<run id>``,
     ``sleep``); ``None`` when finished, or before the run recorded anything (its first step's first attempt)."""
+    logs: list[LogLine] | None = None
+    """Every captured log line of the run, oldest first (``get_execution(include_logs=True)``)."""
 
     @property
     def duration_ms(self) -> float | None:

@@ -23,6 +23,7 @@ from history import Append, Claim, HistoryConflict, LeaseLost, QueueStats, Store
 from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
+from ._logs import LogLimits, StepLogs
 from ._retention import Retention, RetentionJob
 from ._step_context import StepInfo
 from ._telemetry import Telemetry
@@ -87,6 +88,9 @@ class Worker:
         poll_interval: fallback poll when no notification arrives.
         clock: what "now" is (timers, retry times, ``ctx.now()``); a test passes a virtual clock.
         step_interceptor: a testing hook called instead of every step attempt's body (see ``StepInterceptor``).
+        capture_logs: keep what step bodies log and print, per run, step and attempt (``engine.get_logs``,
+            ``durable logs``); it still reaches the usual handlers and the terminal. See docs/observability-logs.md.
+        log_limits: how much one step attempt may capture (``LogLimits()``: 1,000 lines / 1 MB).
         retention: delete old finished runs periodically, in a background task (see ``durable.Retention``).
         tracer_provider: OpenTelemetry tracer provider for run and step spans (default: the global one).
         meter_provider: OpenTelemetry meter provider for the ``durable`` metrics (default: the global one).
@@ -107,6 +111,8 @@ class Worker:
         clock: Callable[[], datetime] = _utcnow,
         worker_id: str | None = None,
         step_interceptor: StepInterceptor | None = None,
+        capture_logs: bool = True,
+        log_limits: LogLimits | None = None,
         retention: Retention | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
@@ -131,6 +137,7 @@ class Worker:
         """The queues' stats as last read for the ``durable.queue.depth`` gauge (only when metrics are on)."""
         self.stopping = False
         self.counts: collections.Counter[str] = collections.Counter()
+        self.logs = StepLogs(store, capture_logs, log_limits or LogLimits())
         self._appender = GroupAppender(store)
         self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
         self._signal = store.hub.subscribe_work()
@@ -153,6 +160,7 @@ class Worker:
         cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
+        self.logs.start()
         try:
             while not self.stopping:
                 claimed = await self._claim_once(names)
@@ -162,6 +170,7 @@ class Worker:
             while self._drivers:
                 await asyncio.wait([task for _, task in self._drivers.values()])
         finally:
+            self.logs.stop()
             stop_listening()
             heartbeat.cancel()
             if cleanup is not None:  # awaited: a pass cut short releases its connection before the store closes

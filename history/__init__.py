@@ -46,6 +46,7 @@ from ._events import (
     TimerStarted,
     ValueRecorded,
 )
+from ._logs import MAX_LINE_CHARS, clean_text, line_from_record
 from ._memory import MemoryStore
 from ._metrics import RunStats
 from ._notify import Hub, WorkSignal
@@ -65,6 +66,7 @@ from ._records import (
     ChildOutcome,
     Claim,
     Heartbeat,
+    LogLine,
     Message,
     NewRun,
     PendingInput,
@@ -105,6 +107,8 @@ __all__ = [
     "InputNotPending",
     "InputRequested",
     "LeaseLost",
+    "LogLine",
+    "MAX_LINE_CHARS",
     "MAX_PAYLOAD_BYTES",
     "MemoryStore",
     "Message",
@@ -146,11 +150,13 @@ __all__ = [
     "WAITING",
     "WorkSignal",
     "child_outcome",
+    "clean_text",
     "decode_event",
     "decode_payload",
     "default_url",
     "encode_event",
     "encode_payload",
     "event_type",
+    "line_from_record",
     "open_store",
 ]

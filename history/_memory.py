@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._events import RecordedEvent
 from ._listing import page_of, run_query
+from ._logs import select_lines
 from ._memory_metrics import MemoryMetrics
 from ._notify import Hub
 from ._records import (
@@ -31,6 +32,7 @@ from ._records import (
     Append,
     Claim,
     Heartbeat,
+    LogLine,
     Message,
     NewRun,
     PendingInput,
@@ -62,6 +64,8 @@ class MemoryStore(MemoryMetrics):
         self._provided: set[tuple[str, str]] = set()
         self._next_message_id = 1
         self._queues: dict[str, QueueConfig] = {}
+        self._logs: dict[str, list[LogLine]] = {}  # by run id, in id order
+        self._next_log_id = 1
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -258,6 +262,8 @@ class MemoryStore(MemoryMetrics):
                     item = msgspec.structs.replace(item, wake_at=None)
                 self._runs[item.run_id] = run = self._apply(run, item, now)
                 self._apply_side_tables(run, item, now)
+                if item.logs:
+                    self._add_logs(item.logs)
                 outcomes.append(None)
                 if item.status in FINISHED_STATUSES:
                     finished.append(item.run_id)
@@ -315,6 +321,31 @@ class MemoryStore(MemoryMetrics):
         if run.finished:
             for open_key in [k for k in self._inputs if k[0] == run.id]:
                 del self._inputs[open_key]
+
+    def _add_logs(self, lines: Sequence[LogLine]) -> None:
+        for line in lines:
+            numbered = msgspec.structs.replace(line, id=self._next_log_id)
+            self._next_log_id += 1
+            self._logs.setdefault(line.run_id, []).append(numbered)
+
+    async def write_logs(self, lines: Sequence[LogLine]) -> None:
+        """Store log lines now (unfenced), numbering them."""
+        async with self._lock:
+            self._add_logs(lines)
+
+    async def read_logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        attempt: int | None = None,
+        min_level: int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLine]:
+        """The run's log lines after ``after_id``, by id, filtered."""
+        return select_lines(self._logs.get(run_id, ()), step=step, attempt=attempt, min_level=min_level,
+                            after_id=after_id, limit=max(limit, 0))
 
     def _child_message(self, child: RunRecord, now: datetime) -> bool:
         parent = self._runs.get(child.parent_id or "")

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ._events import RecordedEvent
 from ._metrics import RunStats, check_cutoffs, compute_run_stats, eligible
-from ._records import Message, PendingInput, RunRecord
+from ._records import LogLine, Message, PendingInput, RunRecord
 
 
 class MemoryMetrics:
@@ -20,6 +20,7 @@ class MemoryMetrics:
     _inbox: dict[int, Message]
     _inputs: dict[tuple[str, str], PendingInput]
     _provided: set[tuple[str, str]]
+    _logs: dict[str, list[LogLine]]
     _lock: asyncio.Lock
 
     async def run_metrics(self, workflow: str | None, since: datetime) -> list[RunStats]:
@@ -56,3 +57,4 @@ class MemoryMetrics:
         for key in [k for k in self._inputs if k[0] == run_id]:
             del self._inputs[key]
         self._provided = {k for k in self._provided if k[0] != run_id}
+        self._logs.pop(run_id, None)

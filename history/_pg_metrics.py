@@ -11,7 +11,7 @@ from typing import Any
 from ._metrics import PERCENTILES, RunStats, check_cutoffs
 from ._pg_queries import FINISHED
 
-PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs")
+PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs", "durable_logs")
 """Every table with rows of a run (by a ``run_id`` column) that retention deletes with the run: a new per-run
 table gets its name added here, and nothing else changes."""
 

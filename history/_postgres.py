@@ -14,6 +14,8 @@ each once per pooled connection. Round trips per call, the number the engine's s
   items that finish a run, consume messages, publish state or open/close inputs use a larger statement, still
   one;
 * ``heartbeat``, ``get_run``, ``read_history``, ``list_runs``, ``next_wake_at``: 1;
+* ``write_logs``, ``read_logs`` (``_pg_logs``): 1; log lines in an append cost none (they use its larger
+  statement);
 * ``send_message``, ``read_inbox``, ``list_pending_inputs``, ``list_children``: 1 (plus 1 to explain a refusal);
 * ``provide_input``: 4 (a transaction: lock the run, answer, commit), at human rates;
 * ``configure_queue``, ``list_queues``, ``queue_stats``: 1.
@@ -46,6 +48,7 @@ from ._events import RecordedEvent
 from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
 from ._pg_listing import list_runs_args
+from ._pg_logs import PostgresLogs, log_args
 from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
@@ -130,7 +133,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore(PostgresMetrics):
+class PostgresStore(PostgresMetrics, PostgresLogs):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -536,7 +539,7 @@ class PostgresStore(PostgresMetrics):
         args = _append_args(items)
         full = any(_is_full(item) for item in items)
         if full:
-            args += _full_args(items)
+            args += _full_args(items) + log_args(items)
         args.append([stored_step(item.current_step) for item in items])  # the last array of both statements
         async with self._db.acquire() as conn:
             # run id -> the parent that got a "child" message (None: none)
@@ -750,11 +753,12 @@ def _append_args(items: Sequence[Append]) -> list[list[Any]]:
 
 
 def _is_full(item: Append) -> bool:
-    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run or changes more than the run's row and events."""
+    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run, changes more than the run's row and events, or
+    carries log lines (so a step that logs nothing keeps the lean statement)."""
     return (
         item.status in FINISHED_STATUSES
         or item.state is not None
-        or bool(item.consumed or item.open_inputs or item.close_inputs)
+        or bool(item.consumed or item.open_inputs or item.close_inputs or item.logs)
     )
 
 

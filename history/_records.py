@@ -1,4 +1,4 @@
-"""Plain records exchanged with a store: a run's row, a new run, an append, a claim."""
+"""Plain records exchanged with a store: a run's row, a new run, an append, a claim, a log line."""
 
 from __future__ import annotations
 
@@ -170,6 +170,34 @@ class Append(msgspec.Struct, frozen=True):
     """Keys of inputs the run no longer waits for (answered or timed out). A finished run closes all."""
     current_step: str | Unset | None = UNSET
     """The run's new ``current_step`` (``None`` clears it; ``UNSET`` leaves it). A finishing run's is cleared."""
+    logs: Sequence[LogLine] = ()
+    """Log lines captured since the last append (step attempts, ``ctx.logger``), written in the same commit."""
+
+
+class LogLine(msgspec.Struct, frozen=True):
+    """One captured log line of a run: a ``logging`` record or a line printed to stdout/stderr.
+
+    ``step``, ``command_id`` and ``attempt`` name the step attempt that wrote it (all ``None`` for the workflow's
+    own ``ctx.logger``). ``level`` is the ``logging`` level number (``level_name`` its name): a printed line is
+    INFO on stdout and WARNING on stderr. ``stream`` is ``"log"``, ``"stdout"`` or ``"stderr"``. ``exc`` is the
+    formatted traceback of a record logged with ``exc_info``; ``extra`` the JSON object of the record's extra
+    fields. ``id`` is assigned by the store (0 until written): lines of a run are ordered by it. Logs are not
+    history: nothing replays them.
+    """
+
+    run_id: str
+    at: datetime
+    level: int
+    level_name: str
+    logger: str
+    message: str
+    stream: str = "log"
+    step: str | None = None
+    command_id: int | None = None
+    attempt: int | None = None
+    exc: str | None = None
+    extra: bytes | None = None
+    id: int = 0
 
 
 class Claim(msgspec.Struct, frozen=True):

@@ -62,6 +62,7 @@ from ._sql import (
 )
 from ._sqlite_claims import by_queue, choose
 from ._sqlite_listing import list_runs_args
+from ._sqlite_logs import SqliteLogs, insert_logs
 from ._sqlite_metrics import SqliteMetrics
 
 _T = TypeVar("_T")
@@ -140,7 +141,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore(SqliteMetrics):
+class SqliteStore(SqliteMetrics, SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -490,6 +491,8 @@ class SqliteStore(SqliteMetrics):
             )  # fmt: skip
             if item.consumed or item.open_inputs or item.close_inputs:
                 _apply_side_tables(db, now, item)
+            if item.logs:
+                insert_logs(db, item.logs)
             if item.release and item.wake_at is not None and not finished:
                 db.execute(q.WAKE_IF_MESSAGES, (item.run_id,))  # messages came while it was held: no sleep
             if finished:

@@ -20,7 +20,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _json = msgspec.json.Encoder()
 
-PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs")
+PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs", "durable_logs")
 """Every table with rows of a run (by a ``run_id`` column) that retention deletes with the run: a new per-run
 table gets its name added here, and nothing else changes."""
 

@@ -25,6 +25,7 @@ from ._records import (
     Append,
     Claim,
     Heartbeat,
+    LogLine,
     Message,
     NewRun,
     PendingInput,
@@ -117,7 +118,25 @@ class Store(Protocol):
 
         In the same commit: marks ``consumed`` inbox messages consumed, replaces ``state``, opens and closes
         pending inputs (a finishing run closes all of its own), and when the run finishes and has a parent,
-        puts a ``"child"`` message (``{"status", "result", "error"}``) in the parent's inbox and wakes it."""
+        puts a ``"child"`` message (``{"status", "result", "error"}``) in the parent's inbox and wakes it, and
+        stores the item's ``logs`` (numbering them)."""
+
+    async def write_logs(self, lines: Sequence[LogLine]) -> None:
+        """Store captured log lines now, unfenced (the live tail of a long step: the rest of its lines go with
+        its outcome, in ``Append.logs``). Their ``id`` fields are ignored: the store numbers lines in order."""
+
+    async def read_logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        attempt: int | None = None,
+        min_level: int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLine]:
+        """The run's log lines with ``id > after_id``, by id, filtered by step name, attempt number and lowest
+        level; at most ``limit``. Pass the last id seen as ``after_id`` to read on (or to tail a live run)."""
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend the leases held (run id -> epoch); report lost ones and pending cancellations."""

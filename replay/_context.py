@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random as _random
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -60,6 +61,14 @@ class WorkflowContext:
     def workflow_name(self) -> str:
         """The registered name of the running workflow."""
         return self._instance.workflow_name
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The workflow's logger (``durable.workflow.<name>``): use it as any ``logging.Logger``. Its records are
+        kept with the run (``engine.get_logs``, ``durable logs``) and reach the application's handlers, but only
+        when the code runs for the first time: while it replays history they are dropped, so nothing is printed
+        or stored twice."""
+        return self._instance.logger
 
     @property
     def is_replaying(self) -> bool:

@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import hashlib
+import logging
 import os
 import sys
 import traceback
@@ -39,6 +40,7 @@ from history import (
     Event,
     EventWaitStarted,
     InputRequested,
+    LogLine,
     MessageReceived,
     PatchMarked,
     RecordedEvent,
@@ -55,12 +57,14 @@ from history import (
     ValueRecorded,
     decode_payload,
     encode_payload,
+    line_from_record,
 )
 
 from ._commands import StepRequest, TimerRequest
 from ._context import WorkflowContext
 from ._errors import ContinueAsNew, NonDeterminismError
 from ._guards import trusted
+from ._logger import SINK, workflow_logger
 from ._loop import DeterministicLoop
 from ._report import _OWN_PACKAGES, describe_issued, describe_recorded, divergence_hint, user_code_location
 from ._world import WorldMixin
@@ -68,6 +72,10 @@ from ._world import WorldMixin
 _CURRENT: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "durable_current_instance", default=None
 )
+
+
+MAX_WORKFLOW_LINES = 1000
+"""Most ``ctx.logger`` lines an instance keeps between two appends (a workflow looping over a huge list)."""
 
 
 def current_instance() -> WorkflowInstance | None:
@@ -172,6 +180,9 @@ class WorkflowInstance(WorldMixin):
         self._new_steps: list[StepRequest] = []
         self._new_timers: list[TimerRequest] = []
         self._cancelled_timers: list[int] = []
+        self._logs: list[LogLine] = []  # ctx.logger lines since the last take
+        self._logs_dropped = 0
+        self._logger: logging.Logger | None = None
         self._init_world()
         for carried in event.carried:  # messages the previous run of a continue-as-new chain did not use
             self._buffered.append((carried.kind, carried.name, decode_payload(carried.payload)))
@@ -181,6 +192,7 @@ class WorkflowInstance(WorldMixin):
         self._ctx = WorkflowContext(self, event.random_seed)
         context = contextvars.copy_context()
         context.run(_CURRENT.set, self)
+        context.run(SINK.set, self)
         self._task = self._loop.create_task(self._main(workflow, event.input), context=context)
         self._task.add_done_callback(self._on_main_done)
 
@@ -237,6 +249,38 @@ class WorkflowInstance(WorldMixin):
         events, self._new_events = self._new_events, []
         return events
 
+    def take_new_logs(self) -> Sequence[LogLine]:
+        """Lines the code logged with ``ctx.logger`` since the last call (none while replaying), for the next
+        append; past ``MAX_WORKFLOW_LINES`` between two appends, a marker says how many were dropped."""
+        if not self._logs:  # the common case: a shared empty tuple, no allocation per append
+            return () if not self._logs_dropped else self._take_logs()
+        return self._take_logs()
+
+    def _take_logs(self) -> list[LogLine]:
+        lines, self._logs = self._logs, []
+        if self._logs_dropped:
+            lines.append(LogLine(
+                run_id=self.run_id, at=self._clock(), level=logging.WARNING, level_name="WARNING", logger="durable",
+                message=f"… truncated: {self._logs_dropped} more lines not captured (limit {MAX_WORKFLOW_LINES} "
+                        f"lines of the workflow's own between two appends)",
+            ))  # fmt: skip
+            self._logs_dropped = 0
+        return lines
+
+    def capture_log(self, record: logging.LogRecord) -> None:
+        """Keep a ``ctx.logger`` record for the next append (called by the logger's filter, never on replay)."""
+        if len(self._logs) >= MAX_WORKFLOW_LINES:
+            self._logs_dropped += 1
+            return
+        self._logs.append(line_from_record(record, self.run_id))
+
+    @property
+    def logger(self) -> logging.Logger:
+        """``ctx.logger``: see ``replay._logger``."""
+        if self._logger is None:
+            self._logger = workflow_logger(self.workflow_name)
+        return self._logger
+
     def take_new_steps(self) -> list[StepRequest]:
         """Steps issued since the last call, in command order: the driver runs them."""
         steps, self._new_steps = self._new_steps, []
@@ -270,6 +314,7 @@ class WorkflowInstance(WorldMixin):
 
     def close(self) -> None:
         """Drop the coroutine without running it further (eviction). Safe to call twice."""
+        self.replaying = True  # what the code does while being torn down (a `finally:` that logs) is not news
         if not self._task.done():
             self._task.cancel()
             try:

@@ -16,7 +16,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KEEP: Any = object()
 """Leave this column as it is."""
 
-PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs")
+PER_RUN_TABLES = ("durable_events", "durable_inbox", "durable_inputs", "durable_logs")
 
 
 def _us(moment: datetime | None) -> int | None:
@@ -109,4 +109,6 @@ def _memory_count(store: MemoryStore, table: str, run_ids: list[str]) -> int:
         return sum(1 for m in store._inbox.values() if m.run_id in ids)
     if table == "durable_inputs":
         return sum(1 for key in store._inputs if key[0] in ids) + sum(1 for key in store._provided if key[0] in ids)
+    if table == "durable_logs":
+        return sum(len(store._logs.get(run_id, [])) for run_id in ids)
     raise AssertionError(table)

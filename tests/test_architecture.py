@@ -52,7 +52,7 @@ def test_public_names_are_pinned() -> None:
     assert set(durable.__all__) == {
         "Cancelled", "ChildHandle", "ChildWorkflowFailed", "InputAlreadyProvided", "InputNotPending",
         "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished",
-        "WaitTimeout", "WorkflowTimeout",
+        "WaitTimeout", "WorkflowTimeout", "LogLimits", "LogLine",
         "CleanupReport", "Retention", "RunMetrics",
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
         "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",

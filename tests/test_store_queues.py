@@ -17,12 +17,18 @@ import pytest
 
 import history
 from history import COMPLETED, UNSET, QueueConfig, QueueStats, RunCompleted, Store
+from history._sql import load_migrations
 
 from .conftest import with_database
 from .test_store_contract import NewStore, append, new_run, now, raw, step
 from .test_store_databases import VERSIONS
 
 LATER = datetime(2031, 1, 1, tzinfo=UTC)
+
+
+def versions_after(version: int) -> list[int]:
+    """The schema versions an upgrade from ``version`` applies (every later migration shipped)."""
+    return [m.version for m in load_migrations("postgres") if m.version > version]
 
 
 async def create(store: Store, count: int, queue: str = "default", **fields: object) -> list[str]:

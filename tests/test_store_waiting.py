@@ -48,6 +48,7 @@ from history import (
     RunStarted,
     Store,
 )
+from history._sql import load_migrations
 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, now, raw, start, step
@@ -55,6 +56,11 @@ from .test_store_databases import VERSIONS
 
 NewStore = Callable[..., Awaitable[Store]]
 LATER = timedelta(hours=1)
+
+
+def versions_after(version: int) -> list[int]:
+    """The schema versions an upgrade from ``version`` applies (every later migration shipped)."""
+    return [m.version for m in load_migrations("postgres") if m.version > version]
 
 
 async def park(store: Store, claim: Claim, wake_at: datetime | None = None, **fields: Any) -> None:
