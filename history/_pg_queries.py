@@ -624,3 +624,24 @@ FINISHED_CHANNEL = "durable_finished"
 
 MESSAGE_CHANNEL = "durable_message"
 """NOTIFY channel: a run got an inbox message (payload: its id). Sent by the trigger of 0002_waiting.sql."""
+
+# --- live events (_pg_live) -----------------------------------------------------------------------------------
+
+EVENTS_CHANNEL = "durable_events"
+"""NOTIFY channel: a statement appended events to a run (payload: ``"run_id first_seq last_seq"``). Sent by the
+trigger of 0004_live.sql."""
+
+LIVE_CHANNEL = "durable_live"
+"""NOTIFY channel: a step attempt started (payload: a ``StepNotice`` as a JSON array). Sent by ``NOTIFY_LIVE``."""
+
+WATCH_CHANNEL = "durable_watch"
+"""NOTIFY channel: a process watches step starts (empty payload). Sent by ``ANNOUNCE_WATCH``."""
+
+# Send step-start notices $1 (payloads), one NOTIFY each. Committed without waiting for the WAL flush: a notice is
+# not data, and NOTIFY would otherwise make this read-only statement wait for an fsync.
+NOTIFY_LIVE = f"""
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+SELECT pg_notify('{LIVE_CHANNEL}', x) FROM unnest($1::text[]) AS x, async_commit"""
+
+# Tell every worker that this process watches step starts (they send notices for WATCH_TTL seconds).
+ANNOUNCE_WATCH = f"SELECT pg_notify('{WATCH_CHANNEL}', '')"

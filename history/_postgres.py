@@ -23,7 +23,8 @@ and the wake-up of a run released to sleep with unread messages, are done by the
 ``durable_runs_finished`` and ``durable_runs_released`` (``migrations/postgres/0002_waiting.sql``) inside the
 append statement, so an append stays one round trip.
 
-NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``)
+NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``,
+``0004_live.sql``: live events, relayed by the mixin ``_pg_live``)
 in the committing transaction, so every writer, in any process, wakes every listener. The writing process also
 wakes its own hub right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's
 pid).
@@ -45,6 +46,7 @@ from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
 from ._notify import Hub
+from ._pg_live import LIVE_CHANNELS, PostgresLive
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -128,7 +130,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore:
+class PostgresStore(PostgresLive):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -162,6 +164,7 @@ class PostgresStore:
         self._closing = False
         self._own_pids: set[int] = set()
         self._migrations = load_migrations("postgres")
+        self._live_init()
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -212,6 +215,7 @@ class PostgresStore:
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closing = True
+        await self._live_close()
         if self._relisten_task is not None:
             self._relisten_task.cancel()
             await asyncio.gather(self._relisten_task, return_exceptions=True)
@@ -310,6 +314,8 @@ class PostgresStore:
             await conn.add_listener(q.WORK_CHANNEL, self._on_notify)
             await conn.add_listener(q.FINISHED_CHANNEL, self._on_notify)
             await conn.add_listener(q.MESSAGE_CHANNEL, self._on_notify)
+            for channel in self._live_channels():
+                await conn.add_listener(channel, self._on_notify)
         except BaseException:
             await conn.close()
             raise
@@ -319,7 +325,9 @@ class PostgresStore:
     def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
         if pid in self._own_pids:  # our own commit: the hub was woken right after it
             return
-        if channel == q.FINISHED_CHANNEL:
+        if channel in LIVE_CHANNELS:
+            self._on_live_notify(channel, payload)
+        elif channel == q.FINISHED_CHANNEL:
             self.hub.notify_finished(payload)
         elif channel == q.MESSAGE_CHANNEL:
             self.hub.notify_message(payload)
@@ -360,9 +368,11 @@ class PostgresStore:
                 new.wake_at, started, new.continued_from, new.dedup_key,
             )  # fmt: skip
             if row is not None:
+                run = _run(row[1:])
                 if row[0]:
                     self.hub.notify_work()
-                return _run(row[1:]), row[0]
+                    self._created([(run, True)])
+                return run, row[0]
             # A concurrent create of this id or key committed after our statement's snapshot: read it now.
             existing = await self._db.fetchrow(q.GET_EXISTING, new.id, new.dedup_key)
             if existing is not None:
@@ -394,6 +404,7 @@ class PostgresStore:
                     log.info("a batch of creates deadlocked with another; retrying it")
         if any(created for _, created in results):
             self.hub.notify_work()
+            self._created(results)
         return results
 
     @staticmethod
@@ -546,7 +557,10 @@ class PostgresStore:
         for index, item in zip(indexes, items, strict=True):
             if item.run_id not in applied:
                 outcomes[index] = _refusal(item, fences.get(item.run_id))
-            elif item.status in FINISHED_STATUSES:
+                continue
+            if item.events:
+                self.hub.notify_appended(item.run_id, item.first_seq + len(item.events) - 1, item.first_seq)
+            if item.status in FINISHED_STATUSES:
                 self.hub.notify_finished(item.run_id)
                 parent_id = applied[item.run_id]
                 if parent_id is not None:

@@ -1,0 +1,174 @@
+"""Live events on PostgreSQL: relaying appends and step starts between processes (a mixin of ``PostgresStore``).
+
+Three NOTIFY channels, heard on the store's LISTEN connection (``_postgres.PostgresStore._listen``); the first
+two only once the store has had a subscriber, so that a plain worker is not woken by every other append:
+
+* ``durable_events`` (payload ``"run_id first_seq last_seq"``): sent by the trigger ``durable_events_appended``
+  (``migrations/postgres/0004_live.sql``) in every transaction that appends events, one per run per statement.
+  Relayed to ``hub.notify_appended``; subscribers then read the new events themselves.
+* ``durable_live`` (payload: a ``StepNotice`` as JSON): step attempts that started, sent by the worker's process
+  in batches, fire and forget: the next batch leaves as soon as the previous one is sent (group commit's rule,
+  never a timer), committed without waiting for the WAL flush (a notice is not data).
+* ``durable_watch`` (empty payload): a process has subscribers to step starts. Workers send ``durable_live``
+  notices only while some process announced a watch within ``WATCH_TTL`` seconds; a watching process announces
+  when its first subscriber starts and every ``WATCH_INTERVAL`` seconds after. So the step path pays nothing for
+  live notices (not even a round trip) while nobody watches.
+
+As with the other channels, a process ignores the echo of its own NOTIFYs (its hub heard them first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _pg_queries as q
+from ._live import StepNotice, decode_notice, encode_notice
+from ._notify import AppendedListener, Hub
+from ._records import RunRecord
+
+log = logging.getLogger("durable.history")
+
+WATCH_INTERVAL = 10.0
+"""Seconds between two announcements of a process that watches step starts."""
+
+WATCH_TTL = 3 * WATCH_INTERVAL
+"""Seconds a worker keeps sending step-start notices after the last announcement it heard."""
+
+LIVE_CHANNELS = (q.EVENTS_CHANNEL, q.LIVE_CHANNEL, q.WATCH_CHANNEL)
+"""The channels this mixin listens on."""
+
+
+class PostgresLive:
+    """The live-event half of ``PostgresStore``: hub relays, batched step-start NOTIFYs, watch announcements."""
+
+    hub: Hub
+    _listener: Any  # the LISTEN connection (None while reconnecting)
+
+    @property
+    def _db(self) -> Any:
+        """The store's connection pool (``PostgresStore._db``)."""
+        raise NotImplementedError
+
+    def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
+        """The LISTEN callback (``PostgresStore._on_notify``)."""
+        raise NotImplementedError
+
+    def _live_init(self) -> None:
+        self._live_queue: list[str] = []
+        self._live_task: asyncio.Task[None] | None = None
+        self._watched_until = 0.0  # time.monotonic() until which another process watches step starts
+        self._watchers = 0
+        self._announce_task: asyncio.Task[None] | None = None
+        self._live_listening = False  # LISTENing to the events and step-start channels
+        self._live_lock = asyncio.Lock()
+
+    async def _live_close(self) -> None:
+        for task in (self._announce_task, self._live_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._announce_task, self._live_task) if t), return_exceptions=True)
+        self._announce_task = self._live_task = None
+        self._live_queue = []
+
+    def _created(self, results: Sequence[tuple[RunRecord, bool]]) -> None:
+        """Announce the ``RunStarted`` event (seq 1) of each run just created, in this process."""
+        for run, created in results:
+            if created:
+                self.hub.notify_appended(run.id, 1, 1)
+
+    # -- from other processes ----------------------------------------------------------------------------------
+
+    def _on_live_notify(self, channel: str, payload: str) -> None:
+        """Relay a NOTIFY of one of ``LIVE_CHANNELS`` (from another process) to this process's hub."""
+        if channel == q.EVENTS_CHANNEL:
+            run_id, first, last = payload.rsplit(" ", 2)  # run ids may contain spaces; the numbers cannot
+            self.hub.notify_appended(run_id, int(last), int(first))
+        elif channel == q.LIVE_CHANNEL:
+            notice = decode_notice(payload)
+            if notice is not None:
+                self.hub.notify_step_started([notice])
+        else:
+            self._watched_until = time.monotonic() + WATCH_TTL
+
+    # -- step starts ---------------------------------------------------------------------------------------------
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Hand the notices to this process's subscribers and, while another process watches, NOTIFY them."""
+        self.hub.notify_step_started(notices)
+        if time.monotonic() >= self._watched_until:
+            return
+        for notice in notices:
+            payload = encode_notice(notice)
+            if payload is not None:
+                self._live_queue.append(payload)
+        if self._live_queue and self._live_task is None:
+            self._live_task = asyncio.get_running_loop().create_task(self._flush_live())
+
+    async def _flush_live(self) -> None:
+        """Send what is queued, then what queued meanwhile, until nothing is left (no timer)."""
+        try:
+            while self._live_queue:
+                batch, self._live_queue = self._live_queue, []
+                try:
+                    await self._db.execute(q.NOTIFY_LIVE, batch)
+                except Exception as exc:  # best effort: a lost notice only delays a subscriber's step_started
+                    log.debug("could not send %d step-start notice(s): %s", len(batch), exc)
+        finally:
+            self._live_task = None
+
+    async def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """Listen to appends and step starts here and in other processes. The first subscription LISTENs to the
+        live channels (from then on, for the life of the store: a process that never subscribes, such as a plain
+        worker, is never woken by other processes' appends); every watch is announced (committed before this
+        returns, so the workers of a run started afterwards send its step starts) and again every
+        ``WATCH_INTERVAL`` seconds while it lasts."""
+        async with self._live_lock:  # a second subscriber waits until the first one's LISTEN is in place
+            if not self._live_listening:
+                self._live_listening = True
+                if self._listener is not None:  # else _relisten will listen to every channel
+                    for channel in (q.EVENTS_CHANNEL, q.LIVE_CHANNEL):
+                        await self._listener.add_listener(channel, self._on_notify)
+        stop_hub = self.hub.subscribe_live(on_appended, on_step_started)
+        try:
+            await self._db.execute(q.ANNOUNCE_WATCH)
+        except BaseException:
+            stop_hub()
+            raise
+        self._watchers += 1
+        if self._announce_task is None:
+            self._announce_task = asyncio.get_running_loop().create_task(self._announce_while_watched())
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            if stopped:
+                return
+            stopped = True
+            stop_hub()
+            self._watchers -= 1
+            if self._watchers == 0 and self._announce_task is not None:
+                self._announce_task.cancel()
+                self._announce_task = None
+
+        return stop
+
+    def _live_channels(self) -> tuple[str, ...]:
+        """The live channels the LISTEN connection hears: the watch announcements always, the events and step
+        starts once this store has had a subscriber."""
+        if self._live_listening:
+            return LIVE_CHANNELS
+        return (q.WATCH_CHANNEL,)
+
+    async def _announce_while_watched(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self._db.execute(q.ANNOUNCE_WATCH)
+            except Exception as exc:  # the next one may pass; workers keep sending for WATCH_TTL meanwhile
+                log.debug("could not announce the watch of step starts: %s", exc)
