@@ -13,6 +13,7 @@ from ._execution import Execution, ExecutionPage, StepView
 from ._queues import Queues
 from ._retry import Retry
 from ._step_context import StepInfo, current_step
+from ._subscribe import RunEvent, Subscription
 from ._worker import Worker
 from .errors import (
     Cancelled,
@@ -72,6 +73,7 @@ __all__ = [
     "Retry",
     "RunAlreadyFinished",
     "RunHandle",
+    "RunEvent",
     "RunNotFound",
     "SchemaError",
     "Step",
@@ -79,6 +81,7 @@ __all__ = [
     "StepInfo",
     "StepView",
     "StoreError",
+    "Subscription",
     "UnknownWorkflowError",
     "WaitTimeout",
     "Worker",

@@ -29,6 +29,7 @@ from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
 from ._queues import Queues
+from ._subscribe import SubscribeClient
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
 
@@ -102,7 +103,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine(WorldClient):
+class Engine(WorldClient, SubscribeClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:

@@ -46,6 +46,7 @@ from ._events import (
     TimerStarted,
     ValueRecorded,
 )
+from ._live import StepNotice
 from ._memory import MemoryStore
 from ._notify import Hub, WorkSignal
 from ._open import DEFAULT_URL, default_url, open_store
@@ -132,6 +133,7 @@ __all__ = [
     "StateUpdated",
     "StepCompleted",
     "StepFailed",
+    "StepNotice",
     "StepScheduled",
     "Store",
     "StoreError",

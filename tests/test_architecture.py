@@ -51,6 +51,7 @@ def test_public_names_are_pinned() -> None:
         "Cancelled", "ChildHandle", "ChildWorkflowFailed", "InputAlreadyProvided", "InputNotPending",
         "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished",
         "WaitTimeout", "WorkflowTimeout",
+        "RunEvent", "Subscription",  # live events (engine.subscribe)
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
         "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",
         "PayloadTooLarge", "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step",
