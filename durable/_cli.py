@@ -1,5 +1,6 @@
 """The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``,
-(from ``_cli_history``) ``history`` and ``replay``, and (from ``_cli_world``) ``send-event`` and ``inputs``.
+(from ``_cli_history``) ``history`` and ``replay``, (from ``_cli_world``) ``send-event`` and ``inputs``, and (from
+``_cli_watch``) ``watch``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -127,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
-    from . import _cli_history, _cli_queues, _cli_world  # they import this module: hence here
+    from . import _cli_history, _cli_queues, _cli_watch, _cli_world  # they import this module: hence here
 
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
+    _cli_watch.add_commands(add, [common])  # watch
     return parser
 
 

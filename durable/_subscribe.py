@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -251,7 +252,8 @@ class Subscription:
         self._skipped: collections.OrderedDict[str, None] = collections.OrderedDict()  # other workflows, finished
         self._stop: Callable[[], None] | None = None
         self._done = False
-        self._events: AsyncGenerator[RunEvent, None] | None = None
+        self._events: weakref.ref[AsyncGenerator[RunEvent, None]] | None = None
+        self._held: AsyncGenerator[RunEvent, None] | None = None  # the generator `anext(subscription)` uses
 
     async def open(self) -> Subscription:
         """Start listening (``async with`` and the first ``async for`` step do it).
@@ -283,16 +285,25 @@ class Subscription:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
-        if self._events is not None:
-            await self._events.aclose()
+        events = self._events() if self._events is not None else None
+        if events is not None:
+            await events.aclose()
 
-    def __aiter__(self) -> Subscription:
-        return self
+    def __aiter__(self) -> AsyncGenerator[RunEvent, None]:
+        # The subscription keeps only a weak reference to its generator: when an `async for` without `async with`
+        # is left by `break`, the generator is freed at once and its `finally` stops the listening (no
+        # reference cycle to wait for). Iterating again (or after `anext`) continues the same stream.
+        events = self._events() if self._events is not None else None
+        if events is None:
+            events = self._iterate()
+            self._events = weakref.ref(events)
+        return events
 
     async def __anext__(self) -> RunEvent:
-        if self._events is None:
-            self._events = self._iterate()
-        return await self._events.__anext__()
+        """The next event (``await anext(subscription)``); ``StopAsyncIteration`` once the stream ended."""
+        if self._held is None:
+            self._held = self.__aiter__()
+        return await self._held.__anext__()
 
     async def _iterate(self) -> AsyncGenerator[RunEvent, None]:
         owned = self._stop is None  # opened by iterating (no `async with`): closed when iteration ends
@@ -364,7 +375,9 @@ class Subscription:
 
     async def _read(self, run_id: str) -> list[RunEvent]:
         """The run's events after the last one yielded; a terminal one ends the run's stream."""
-        state = self._runs[run_id]
+        state = self._runs.get(run_id)
+        if state is None:  # ended already
+            return []
         out: list[RunEvent] = []
         for rec in await self._store.read_history(run_id, state.last_seq or 0):
             out += state.recorded(run_id, rec)

@@ -322,3 +322,91 @@ async def test_a_subscriber_follows_a_worker_in_another_process(postgres_url: st
         finally:
             worker.terminate()
             worker.wait(15)
+
+
+# -- durable watch ------------------------------------------------------------------------------------------------
+
+
+def test_watch_prints_a_finished_runs_events_and_exits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from durable._cli import main
+
+    from .conftest import run_async
+
+    url = f"sqlite:///{tmp_path / 'watch.db'}"
+
+    async def finished_run() -> str:
+        async with durable.Engine(url, workflows=WORKFLOWS) as engine:
+            handle = await engine.start(wf_live.live_steps, 2)
+            await handle.result(timeout=TIMEOUT)
+            return handle.id
+
+    run_id = run_async(finished_run)
+    assert main(["--database-url", url, "watch", run_id]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"Watching run {run_id} (Ctrl-C to stop)"
+    assert lines[1].split() == ["seq", "time", "type", "command", "attempt", "duration", "details"]
+    assert [line.split()[2] for line in lines[2:-1]] == [
+        "run_started", "step_started", "step_completed", "step_started", "step_completed", "completed",
+    ]  # fmt: skip
+    assert "#1 live.add" in lines[3] and "-> 0" in lines[4]
+    assert lines[-1] == f"run {run_id} ended: completed"
+
+    assert main(["--database-url", url, "watch", run_id, "--json", "--after", "5"]) == 0
+    [last] = [msgspec.json.decode(line, type=RunEvent) for line in capsys.readouterr().out.splitlines()]
+    assert (last.kind, last.seq, last.run_id) == ("completed", 6, run_id)
+
+    assert main(["--database-url", url, "watch", "nope"]) == 1
+    assert "error: no run with id 'nope'" in capsys.readouterr().err
+    assert main(["--database-url", url, "watch", run_id, "--workflow", "live_steps"]) == 2
+    assert "durable watch: give run_id (one run) or workflow= (its runs), not both" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+async def test_watch_shows_a_running_step_live_from_another_process(postgres_url: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with durable.Engine(postgres_url, workflows=WORKFLOWS) as engine:
+        handle = await engine.start(wf_live.live_tour, str(gate))
+        watch = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "durable", "--database-url", postgres_url, "watch", handle.id,
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"},
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert watch.stdout is not None
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while not lines or not lines[-1].startswith("run "):
+                    line = (await watch.stdout.readline()).decode()
+                    assert line, f"durable watch exited early: {lines}"
+                    lines.append(line.rstrip("\n"))
+                    if " waiting " in line:
+                        await engine.send_event(handle.id, "go", "now")
+                    if "live.gated" in line and line.split()[0] == "·":  # shown live: it cannot have completed
+                        assert not any("live.gated" in seen and "step_completed" in seen for seen in lines)
+                        gate.touch()
+                assert await watch.wait() == 0
+        finally:
+            if watch.returncode is None:
+                watch.kill()
+                await watch.wait()
+    assert lines[-1] == f"run {handle.id} ended: completed"
+    [running] = [line for line in lines if "live.gated" in line and "step_started" in line]
+    assert running.split()[0] == "·"  # not recorded yet when printed
+
+
+async def test_leaving_a_plain_async_for_stops_listening(engine: durable.Engine) -> None:
+    handle = await engine.start(wf_live.live_steps, 1)
+    await handle.result(timeout=TIMEOUT)
+    hub = engine.store.hub
+    async for _ in engine.subscribe(handle.id):
+        assert hub._appended_listeners  # listening while iterating
+        break
+    for _ in range(3):  # asyncio closes a dropped generator in a task it schedules with call_soon
+        await asyncio.sleep(0)
+    assert not hub._appended_listeners and not hub._step_listeners
+    subscription = engine.subscribe(handle.id)
+    assert (await anext(subscription)).kind == "run_started"
+    async with subscription:
+        assert [e.kind async for e in subscription][-1] == "completed"
+    assert not hub._appended_listeners
