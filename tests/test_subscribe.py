@@ -24,18 +24,27 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import durable
 from durable import RunEvent
+from durable._subscribe import Subscription
 from history import (
+    Append,
+    ErrorInfo,
+    MemoryStore,
     NewRun,
     RecordedEvent,
+    RunCompleted,
     RunContinued,
     StepCompleted,
     StepFailed,
     StepNotice,
     StepScheduled,
     Store,
+    TimerFired,
+    TimerStarted,
 )
 
 from . import wf_live
@@ -273,8 +282,6 @@ async def test_stores_announce_appends_and_step_starts(store: Store, store_kind:
     await until(lambda: notice in started)
     events = [StepScheduled(command_id=1, name="charge", args=raw([]), digest="d"),
               StepCompleted(command_id=1, name="charge", attempt=1, result=raw(1), duration_ms=1.0)]  # fmt: skip
-    from history import Append
-
     append = Append(run_id=run_id, worker_id="w1", epoch=claim.run.lease_epoch, first_seq=2, events=events,
                     at=datetime.now(UTC))  # fmt: skip
     assert await writer.append([append]) == [None]
@@ -410,3 +417,84 @@ async def test_leaving_a_plain_async_for_stops_listening(engine: durable.Engine)
     async with subscription:
         assert [e.kind async for e in subscription][-1] == "completed"
     assert not hub._appended_listeners
+
+
+# -- notices lost, repeated, coalesced, late (hypothesis) ---------------------------------------------------------
+
+
+def _appends() -> list[tuple[list[Any], tuple[int, int] | None]]:
+    """A run's appends after ``RunStarted``, each with the step attempt whose outcome it records (a retried step,
+    a timer, a second step, the end)."""
+    failed = StepFailed(command_id=1, name="s", attempt=1, error=ErrorInfo("RuntimeError", "no"), duration_ms=2.0,
+                        retry_at=datetime.now(UTC))  # fmt: skip
+    return [
+        ([StepScheduled(command_id=1, name="s", args=raw([]), digest="d"), failed], (1, 1)),
+        ([StepCompleted(command_id=1, name="s", attempt=2, result=raw(1), duration_ms=1.0)], (1, 2)),
+        ([TimerStarted(command_id=2, fire_at=datetime.now(UTC), seconds=0.0)], None),
+        ([TimerFired(command_id=2),
+          StepScheduled(command_id=3, name="t", args=raw([]), digest="d"),
+          StepCompleted(command_id=3, name="t", attempt=1, result=raw(2), duration_ms=1.0)], (3, 1)),
+        ([RunCompleted(result=raw(3))], None),
+    ]  # fmt: skip
+
+
+_ACTIONS = st.lists(st.sampled_from(["append", "lost append", "stale notice", "live", "live twice", "yield"]),
+                    max_size=30)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["run", "all"])
+def test_lost_repeated_or_late_notices_never_lose_or_repeat_an_event(mode: str) -> None:
+    @settings(max_examples=60, deadline=None)
+    @given(actions=_ACTIONS)
+    def check(actions: list[str]) -> None:
+        asyncio.run(_replay_notices(actions, mode))
+
+    check()
+
+
+async def _replay_notices(actions: list[str], mode: str) -> None:
+    """Perform a run's appends with the notices of ``actions`` in between (an append whose notice is lost, a
+    notice of an old sequence number, a step-start notice once or twice, before or after its outcome), then
+    check that the subscription's stream is the run's history."""
+    store = MemoryStore()
+    run_id = "r"
+    await store.create_run(NewRun(id=run_id, workflow="wf", input=raw(1), random_seed=1))
+    [claim] = await store.claim("w", ["wf"], 1, 30)
+    subscription = Subscription(store, run_id if mode == "run" else None, None, 0)
+    await subscription.open()
+    if mode == "all":  # the run is known to an all-runs subscription from its next notice on: say it is new
+        store.hub.notify_appended(run_id, 1, 1)
+    collected = asyncio.get_running_loop().create_task(collect(subscription, lambda got: got[-1].terminal))
+    pending, seq = _appends(), 2
+
+    async def append(notify: bool) -> None:
+        nonlocal seq
+        events, _ = pending.pop(0)
+        item = Append(run_id=run_id, worker_id="w", epoch=claim.run.lease_epoch, first_seq=seq, events=events,
+                      at=datetime.now(UTC), status="completed" if not pending else None)  # fmt: skip
+        listeners, store.hub._appended_listeners = store.hub._appended_listeners, []  # the notice is lost
+        try:
+            assert await store.append([item]) == [None]
+        finally:
+            store.hub._appended_listeners = listeners
+        seq += len(events)
+        if notify:
+            store.hub.notify_appended(run_id, seq - 1, seq - len(events))
+
+    for action in actions:
+        if not pending:
+            break
+        if action in ("append", "lost append"):
+            await append(notify=action == "append" or len(pending) == 1)  # the last one: else only a poll finds it
+        elif action == "stale notice":
+            store.hub.notify_appended(run_id, max(1, seq - 3), max(1, seq - 4))
+        elif action.startswith("live") and pending[0][1] is not None:
+            command_id, attempt = pending[0][1]
+            notice = StepNotice(run_id, "wf", command_id, "s", attempt, datetime.now(UTC))
+            store.notify_step_started([notice] * (2 if action == "live twice" else 1))
+        else:
+            await asyncio.sleep(0)
+    while pending:
+        await append(notify=True)
+    events = await collected
+    check_stream(events, await store.read_history(run_id))
