@@ -4,8 +4,10 @@ Three NOTIFY channels, heard on the store's LISTEN connection (``_postgres.Postg
 two only once the store has had a subscriber, so that a plain worker is not woken by every other append:
 
 * ``durable_events`` (payload ``"run_id first_seq last_seq"``): sent by the trigger ``durable_events_appended``
-  (``migrations/postgres/0004_live.sql``) in every transaction that appends events, one per run per statement.
-  Relayed to ``hub.notify_appended``; subscribers then read the new events themselves.
+  (``migrations/postgres/0004_live.sql``) in every transaction that appends events while some process watches,
+  one per run per statement. Relayed to ``hub.notify_appended``; subscribers then read the new events themselves.
+  A process watches by holding the advisory lock ``WATCH_LOCK_KEY`` (exclusive, on a connection of its own)
+  while it has subscribers; appends try it shared and notify when that fails.
 * ``durable_live`` (payload: a ``StepNotice`` as JSON): step attempts that started, sent by the worker's process
   in batches, fire and forget: the next batch leaves as soon as the previous one is sent (group commit's rule,
   never a timer), committed without waiting for the WAL flush (a notice is not data).
@@ -57,6 +59,10 @@ class PostgresLive:
         """The LISTEN callback (``PostgresStore._on_notify``)."""
         raise NotImplementedError
 
+    async def _open_connection(self, name: str) -> Any:
+        """A connection outside the pool (``PostgresStore._open_connection``)."""
+        raise NotImplementedError
+
     def _live_init(self) -> None:
         self._live_queue: list[str] = []
         self._live_task: asyncio.Task[None] | None = None
@@ -65,8 +71,11 @@ class PostgresLive:
         self._announce_task: asyncio.Task[None] | None = None
         self._live_listening = False  # LISTENing to the events and step-start channels
         self._live_lock = asyncio.Lock()
+        self._watch_conn: Any = None  # holds (or waits for) the watch lock while this store has subscribers
+        self._watch_task: asyncio.Task[Any] | None = None
 
     async def _live_close(self) -> None:
+        self._release_watch_lock()
         for task in (self._announce_task, self._live_task):
             if task is not None:
                 task.cancel()
@@ -134,13 +143,17 @@ class PostgresLive:
                 if self._listener is not None:  # else _relisten will listen to every channel
                     for channel in (q.EVENTS_CHANNEL, q.LIVE_CHANNEL):
                         await self._listener.add_listener(channel, self._on_notify)
-        stop_hub = self.hub.subscribe_live(on_appended, on_step_started)
-        try:
-            await self._db.execute(q.ANNOUNCE_WATCH)
-        except BaseException:
-            stop_hub()
-            raise
-        self._watchers += 1
+            stop_hub = self.hub.subscribe_live(on_appended, on_step_started)
+            self._watchers += 1
+            try:
+                await self._hold_watch_lock()
+                await self._db.execute(q.ANNOUNCE_WATCH)
+            except BaseException:
+                stop_hub()
+                self._watchers -= 1
+                if self._watchers == 0:
+                    self._release_watch_lock()
+                raise
         if self._announce_task is None:
             self._announce_task = asyncio.get_running_loop().create_task(self._announce_while_watched())
         stopped = False
@@ -152,11 +165,36 @@ class PostgresLive:
             stopped = True
             stop_hub()
             self._watchers -= 1
-            if self._watchers == 0 and self._announce_task is not None:
-                self._announce_task.cancel()
-                self._announce_task = None
+            if self._watchers == 0:
+                self._release_watch_lock()
+                if self._announce_task is not None:
+                    self._announce_task.cancel()
+                    self._announce_task = None
 
         return stop
+
+    async def _hold_watch_lock(self) -> None:
+        """Ask for the watch lock on a connection of its own (it waits while appends hold it shared), then wait
+        until some subscriber holds it: from then on every append notifies (0004_live.sql)."""
+        if self._watch_conn is None:
+            self._watch_conn = await self._open_connection("durable-watch")
+            task = asyncio.get_running_loop().create_task(self._watch_conn.execute(q.TAKE_WATCH_LOCK,
+                                                                                  q.WATCH_LOCK_KEY))  # fmt: skip
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: released by closing
+            self._watch_task = task
+        while not await self._db.fetchval(q.WATCH_LOCK_HELD, q.WATCH_LOCK_KEY):
+            if self._watch_task is not None and self._watch_task.done():
+                self._watch_task.result()  # the request failed: say why
+            # Appends hold the lock shared for a commit's time (the request waits for them, and they notify
+            # meanwhile), or another process's subscriber holds it: a few milliseconds at subscription time.
+            await asyncio.sleep(0.005)
+
+    def _release_watch_lock(self) -> None:
+        """Let the watch lock go (closing its connection ends the request or the hold): appends stop notifying."""
+        self._watch_task = None  # it ends with the connection (its error is retrieved by its callback)
+        conn, self._watch_conn = self._watch_conn, None
+        if conn is not None:
+            conn.terminate()
 
     def _live_channels(self) -> tuple[str, ...]:
         """The live channels the LISTEN connection hears: the watch announcements always, the events and step

@@ -301,15 +301,16 @@ class PostgresStore(PostgresLive):
 
     # --- notifications ----------------------------------------------------------------------------------------
 
+    async def _open_connection(self, name: str) -> Any:
+        """A connection of its own, outside the pool, named ``name`` in ``pg_stat_activity``."""
+        server_settings = {**_SESSION, "application_name": name}
+        return await self._connecting(
+            lambda: asyncpg.connect(self._dsn, timeout=self._connect_timeout, server_settings=server_settings)
+        )
+
     async def _listen(self) -> None:
         """Open the dedicated LISTEN connection (a pooled one would be handed to queries)."""
-        conn = await self._connecting(
-            lambda: asyncpg.connect(
-                self._dsn,
-                timeout=self._connect_timeout,
-                server_settings={**_SESSION, "application_name": "durable-listen"},
-            )
-        )
+        conn = await self._open_connection("durable-listen")
         try:
             await conn.add_listener(q.WORK_CHANNEL, self._on_notify)
             await conn.add_listener(q.FINISHED_CHANNEL, self._on_notify)

@@ -498,3 +498,36 @@ async def _replay_notices(actions: list[str], mode: str) -> None:
         await append(notify=True)
     events = await collected
     check_stream(events, await store.read_history(run_id))
+
+
+@pytest.mark.postgres
+async def test_appends_notify_other_processes_only_while_someone_subscribes(
+    postgres_url: str, new_store: Callable[..., Awaitable[Store]]
+) -> None:
+    import asyncpg
+
+    writer, watcher = await new_store(postgres_url), await new_store(postgres_url)
+    heard: list[str] = []
+    spy = await asyncpg.connect(postgres_url)  # listens the way any process would
+    await spy.add_listener("durable_events", lambda *args: heard.append(args[3]))
+    try:
+
+        async def create() -> str:
+            run_id = uuid.uuid4().hex
+            await writer.create_run(NewRun(id=run_id, workflow="wf", input=raw(1), random_seed=1))
+            await spy.execute("SELECT 1")  # a round trip: notifications sent before it have arrived
+            return run_id
+
+        unwatched = await create()
+        stop = await watcher.subscribe_live(lambda *_: None, lambda _: None)
+        watched = await create()
+        stop()
+        async with asyncio.timeout(TIMEOUT):
+            while True:  # appends notify until the server has seen the connection go
+                after = await create()
+                if f"{after} 1 1" not in heard:
+                    break
+        assert heard.count(f"{watched} 1 1") == 1
+        assert f"{unwatched} 1 1" not in heard
+    finally:
+        await spy.close()
