@@ -73,14 +73,16 @@ class PostgresLive:
         self._live_lock = asyncio.Lock()
         self._watch_conn: Any = None  # holds (or waits for) the watch lock while this store has subscribers
         self._watch_task: asyncio.Task[Any] | None = None
+        self._rewatch_task: asyncio.Task[None] | None = None
 
     async def _live_close(self) -> None:
+        self._watchers = 0
         self._release_watch_lock()
-        for task in (self._announce_task, self._live_task):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._announce_task, self._live_task) if t), return_exceptions=True)
-        self._announce_task = self._live_task = None
+        tasks = [t for t in (self._announce_task, self._live_task, self._rewatch_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._announce_task = self._live_task = self._rewatch_task = None
         self._live_queue = []
 
     def _created(self, results: Sequence[tuple[RunRecord, bool]]) -> None:
@@ -88,6 +90,12 @@ class PostgresLive:
         for run, created in results:
             if created:
                 self.hub.notify_appended(run.id, 1, 1)
+
+    async def _learn_watch(self) -> None:
+        """At open: whether some process watches already (its next announcement may be seconds away), so that
+        the step starts of a worker started during a watch are sent at once."""
+        if await self._db.fetchval(q.WATCH_LOCK_HELD, q.WATCH_LOCK_KEY):
+            self._watched_until = time.monotonic() + WATCH_TTL
 
     # -- from other processes ----------------------------------------------------------------------------------
 
@@ -134,8 +142,9 @@ class PostgresLive:
     ) -> Callable[[], None]:
         """Listen to appends and step starts here and in other processes. The first subscription LISTENs to the
         live channels (from then on, for the life of the store: a process that never subscribes, such as a plain
-        worker, is never woken by other processes' appends); every watch is announced (committed before this
-        returns, so the workers of a run started afterwards send its step starts) and again every
+        worker, is never woken by other processes' appends); while there are subscriptions the store holds the
+        watch lock (so appends notify; held before this returns), and every watch is announced (committed before
+        this returns, so the workers of a run started afterwards send its step starts) and again every
         ``WATCH_INTERVAL`` seconds while it lasts."""
         async with self._live_lock:  # a second subscriber waits until the first one's LISTEN is in place
             if not self._live_listening:
@@ -164,7 +173,7 @@ class PostgresLive:
                 return
             stopped = True
             stop_hub()
-            self._watchers -= 1
+            self._watchers = max(0, self._watchers - 1)  # (0 already if the store was closed meanwhile)
             if self._watchers == 0:
                 self._release_watch_lock()
                 if self._announce_task is not None:
@@ -177,17 +186,39 @@ class PostgresLive:
         """Ask for the watch lock on a connection of its own (it waits while appends hold it shared), then wait
         until some subscriber holds it: from then on every append notifies (0004_live.sql)."""
         if self._watch_conn is None:
-            self._watch_conn = await self._open_connection("durable-watch")
-            task = asyncio.get_running_loop().create_task(self._watch_conn.execute(q.TAKE_WATCH_LOCK,
-                                                                                  q.WATCH_LOCK_KEY))  # fmt: skip
+            conn = self._watch_conn = await self._open_connection("durable-watch")
+            task = asyncio.get_running_loop().create_task(conn.execute(q.TAKE_WATCH_LOCK, q.WATCH_LOCK_KEY))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: released by closing
             self._watch_task = task
+            conn.add_termination_listener(self._on_watch_lost)
         while not await self._db.fetchval(q.WATCH_LOCK_HELD, q.WATCH_LOCK_KEY):
             if self._watch_task is not None and self._watch_task.done():
                 self._watch_task.result()  # the request failed: say why
             # Appends hold the lock shared for a commit's time (the request waits for them, and they notify
             # meanwhile), or another process's subscriber holds it: a few milliseconds at subscription time.
             await asyncio.sleep(0.005)
+
+    def _on_watch_lost(self, conn: Any) -> None:
+        """The watch connection closed without ``_release_watch_lock`` (the server went away): take the lock again
+        in the background (one-run subscriptions poll meanwhile), with backoff, while there are subscribers."""
+        if conn is not self._watch_conn:
+            return
+        self._watch_conn = self._watch_task = None
+        log.warning("lost the watch connection to the database; appends do not notify until it is back")
+        self._rewatch_task = asyncio.get_running_loop().create_task(self._rewatch())
+
+    async def _rewatch(self) -> None:
+        delay = 0.1
+        while self._watchers > 0 and self._watch_conn is None:
+            try:
+                async with self._live_lock:
+                    await self._hold_watch_lock()
+                return
+            except Exception as exc:  # still down: try again later
+                log.debug("cannot take the watch lock yet, retrying in %.1f s: %s", delay, exc)
+                self._release_watch_lock()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _release_watch_lock(self) -> None:
         """Let the watch lock go (closing its connection ends the request or the hold): appends stop notifying."""

@@ -192,6 +192,7 @@ class PostgresStore(PostgresLive):
                 await self._migrate(conn)
             if self._listen_enabled:
                 await self._listen()
+                await self._learn_watch()
         except BaseException:
             await self.close()
             raise

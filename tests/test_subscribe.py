@@ -298,37 +298,38 @@ async def test_stores_announce_appends_and_step_starts(store: Store, store_kind:
 @pytest.mark.postgres
 async def test_a_subscriber_follows_a_worker_in_another_process(postgres_url: str, tmp_path: Path) -> None:
     async with durable.Engine(postgres_url, worker=False, workflows=WORKFLOWS) as client:
-        stderr = open(tmp_path / "worker.stderr", "wb")  # noqa: SIM115 - the child owns it
-        with stderr:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "durable", "--database-url", postgres_url, "worker", "tests.wf_live",
-                 "--lease-seconds", "5"],
-                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-        try:
-            async with asyncio.timeout(TIMEOUT):  # the worker serves (and listens) once it registered
-                while "live_tour" not in await client.store.known_workflows():
-                    assert worker.poll() is None, (tmp_path / "worker.stderr").read_text()
-                    await asyncio.sleep(0.05)
-            gate = tmp_path / "gate"
-            async with client.subscribe() as every:
+        # Subscribed before the worker process starts: it learns of the watch when it opens its store.
+        async with client.subscribe() as every:
+            stderr = open(tmp_path / "worker.stderr", "wb")  # noqa: SIM115 - the child owns it
+            with stderr:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "durable", "--database-url", postgres_url, "worker", "tests.wf_live",
+                     "--lease-seconds", "5"],
+                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
+                )  # fmt: skip
+            try:
+                async with asyncio.timeout(TIMEOUT):  # the worker serves once it registered its workflows
+                    while "live_tour" not in await client.store.known_workflows():
+                        assert worker.poll() is None, (tmp_path / "worker.stderr").read_text()
+                        await asyncio.sleep(0.05)
+                gate = tmp_path / "gate"
                 handle = await client.start("live_tour", str(gate))
                 followed = asyncio.get_running_loop().create_task(collect(client.subscribe(handle.id)))
                 events = await drive_tour(client, every, gate)
-            one_run = await followed
-            assert await handle.result(timeout=TIMEOUT) == {"first": "ok a", "go": "now", "child": 42,
-                                                            "released": "released"}  # fmt: skip
-            runs = by_run(events)
-            assert len(runs) == 2  # the tour and its child
-            for run_id, stream in runs.items():
-                check_stream(stream, await client.get_history(run_id))
-            check_stream(one_run, await client.get_history(handle.id))
-            # Steps ran in the other process, and their starts reached this one live, before their outcomes.
-            assert [e.seq for e in gated_start(events)] == [None]
-            assert [e.seq for e in gated_start(one_run)] == [None]
-        finally:
-            worker.terminate()
-            worker.wait(15)
+                one_run = await followed
+                assert await handle.result(timeout=TIMEOUT) == {"first": "ok a", "go": "now", "child": 42,
+                                                                "released": "released"}  # fmt: skip
+            finally:
+                worker.terminate()
+                worker.wait(15)
+        runs = by_run(events)
+        assert len(runs) == 2  # the tour and its child
+        for run_id, stream in runs.items():
+            check_stream(stream, await client.get_history(run_id))
+        check_stream(one_run, await client.get_history(handle.id))
+        # Steps ran in the other process, and their starts reached this one live, before their outcomes.
+        assert [e.seq for e in gated_start(events)] == [None]
+        assert [e.seq for e in gated_start(one_run)] == [None]
 
 
 # -- durable watch ------------------------------------------------------------------------------------------------
@@ -367,6 +368,8 @@ def test_watch_prints_a_finished_runs_events_and_exits(tmp_path: Path, capsys: p
     assert "error: no run with id 'nope'" in capsys.readouterr().err
     assert main(["--database-url", url, "watch", run_id, "--workflow", "live_steps"]) == 2
     assert "durable watch: give run_id (one run) or workflow= (its runs), not both" in capsys.readouterr().err
+    assert main(["--database-url", url, "watch", "--workflow", "live_steps"]) == 2
+    assert "only PostgreSQL tells of" in capsys.readouterr().err
 
 
 @pytest.mark.postgres
@@ -521,6 +524,12 @@ async def test_appends_notify_other_processes_only_while_someone_subscribes(
         unwatched = await create()
         stop = await watcher.subscribe_live(lambda *_: None, lambda _: None)
         watched = await create()
+        # The database drops the watch connection: the subscriber takes the lock again, appends notify again.
+        await spy.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                          "durable-watch")  # fmt: skip
+        async with asyncio.timeout(TIMEOUT):
+            while f"{await create()} 1 1" not in heard:
+                await asyncio.sleep(0.01)
         stop()
         async with asyncio.timeout(TIMEOUT):
             while True:  # appends notify until the server has seen the connection go
