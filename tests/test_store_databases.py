@@ -15,11 +15,12 @@ import pytest
 
 import history
 from history import COMPLETED, DatabaseUnavailable, DurableError, RunCompleted, SchemaError, Store
+from history._sql import load_migrations
 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, raw, start, step
 
-VERSIONS = [1, 2, 3]
+VERSIONS = [m.version for m in load_migrations("postgres")]
 """Every schema version shipped (``history/migrations/<dialect>/NNNN_*.sql``), the same for both databases."""
 
 
