@@ -3,14 +3,16 @@
 Three NOTIFY channels, heard on the store's LISTEN connection (``_postgres.PostgresStore._listen``); the first
 two only once the store has had a subscriber, so that a plain worker is not woken by every other append:
 
-* ``durable_events`` (payload ``"run_id first_seq last_seq"``): sent by the trigger ``durable_events_appended``
-  (``migrations/postgres/0004_live.sql``) in every transaction that appends events while some process watches,
-  one per run per statement. Relayed to ``hub.notify_appended``; subscribers then read the new events themselves.
-  A process watches by holding the advisory lock ``WATCH_LOCK_KEY`` (exclusive, on a connection of its own)
-  while it has subscribers; appends try it shared and notify when that fails.
-* ``durable_live`` (payload: a ``StepNotice`` as JSON): step attempts that started, sent by the worker's process
-  in batches, fire and forget: the next batch leaves as soon as the previous one is sent (group commit's rule,
-  never a timer), committed without waiting for the WAL flush (a notice is not data).
+* ``durable_events`` (payload: lines ``"run_id first_seq last_seq"``, one per run): sent by the trigger
+  ``durable_events_appended`` (``migrations/postgres/0004_live.sql``) in every transaction that appends events
+  while some process watches, the lines of a statement packed into as few NOTIFYs as fit. Relayed to
+  ``hub.notify_appended``; subscribers then read the new events themselves. A process watches by holding the
+  advisory lock ``WATCH_LOCK_KEY`` (exclusive, on a connection of its own) while it has subscribers; appends try
+  it shared and notify when that fails.
+* ``durable_live`` (payload: lines, each a ``StepNotice`` as JSON): step attempts that started, sent by the
+  worker's process in batches packed into as few NOTIFYs as fit, fire and forget: the next batch leaves as soon
+  as the previous one is sent (group commit's rule, never a timer), committed without waiting for the WAL flush
+  (a notice is not data).
 * ``durable_watch`` (empty payload): a process has subscribers to step starts. Workers send ``durable_live``
   notices only while some process announced a watch within ``WATCH_TTL`` seconds; a watching process announces
   when its first subscriber starts and every ``WATCH_INTERVAL`` seconds after. So the step path pays nothing for
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _pg_queries as q
-from ._live import StepNotice, decode_notice, encode_notice
+from ._live import MAX_NOTICE_BYTES, StepNotice, decode_notice, encode_notice
 from ._notify import AppendedListener, Hub
 from ._records import RunRecord
 
@@ -102,12 +104,13 @@ class PostgresLive:
     def _on_live_notify(self, channel: str, payload: str) -> None:
         """Relay a NOTIFY of one of ``LIVE_CHANNELS`` (from another process) to this process's hub."""
         if channel == q.EVENTS_CHANNEL:
-            run_id, first, last = payload.rsplit(" ", 2)  # run ids may contain spaces; the numbers cannot
-            self.hub.notify_appended(run_id, int(last), int(first))
+            for line in payload.split("\n"):  # one line per run (the trigger skips run ids with a line break)
+                parts = line.rsplit(" ", 2)  # run ids may hold spaces; the numbers cannot
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    self.hub.notify_appended(parts[0], int(parts[2]), int(parts[1]))
         elif channel == q.LIVE_CHANNEL:
-            notice = decode_notice(payload)
-            if notice is not None:
-                self.hub.notify_step_started([notice])
+            notices = [notice for line in payload.split("\n") if (notice := decode_notice(line)) is not None]
+            self.hub.notify_step_started(notices)
         else:
             self._watched_until = time.monotonic() + WATCH_TTL
 
@@ -131,7 +134,7 @@ class PostgresLive:
             while self._live_queue:
                 batch, self._live_queue = self._live_queue, []
                 try:
-                    await self._db.execute(q.NOTIFY_LIVE, batch)
+                    await self._db.execute(q.NOTIFY_LIVE, _pack(batch))
                 except Exception as exc:  # best effort: a lost notice only delays a subscriber's step_started
                     log.debug("could not send %d step-start notice(s): %s", len(batch), exc)
         finally:
@@ -241,3 +244,18 @@ class PostgresLive:
                 await self._db.execute(q.ANNOUNCE_WATCH)
             except Exception as exc:  # the next one may pass; workers keep sending for WATCH_TTL meanwhile
                 log.debug("could not announce the watch of step starts: %s", exc)
+
+
+def _pack(payloads: list[str]) -> list[str]:
+    """Notice payloads (JSON, so without line breaks) joined by line breaks into as few NOTIFY payloads as fit."""
+    packed: list[str] = []
+    size = MAX_NOTICE_BYTES  # forces a new payload for the first line
+    for payload in payloads:
+        length = len(payload.encode())
+        if size + 1 + length >= MAX_NOTICE_BYTES:
+            packed.append(payload)
+            size = length
+        else:
+            packed[-1] += "\n" + payload
+            size += 1 + length
+    return packed

@@ -628,11 +628,12 @@ MESSAGE_CHANNEL = "durable_message"
 # --- live events (_pg_live) -----------------------------------------------------------------------------------
 
 EVENTS_CHANNEL = "durable_events"
-"""NOTIFY channel: a statement appended events to a run (payload: ``"run_id first_seq last_seq"``). Sent by the
-trigger of 0004_live.sql."""
+"""NOTIFY channel: a statement appended events to runs (payload: lines ``"run_id first_seq last_seq"``, one per
+run). Sent by the trigger of 0004_live.sql."""
 
 LIVE_CHANNEL = "durable_live"
-"""NOTIFY channel: a step attempt started (payload: a ``StepNotice`` as a JSON array). Sent by ``NOTIFY_LIVE``."""
+"""NOTIFY channel: step attempts started (payload: lines, each a ``StepNotice`` as a JSON array). Sent by
+``NOTIFY_LIVE``."""
 
 WATCH_CHANNEL = "durable_watch"
 """NOTIFY channel: a process watches step starts (empty payload). Sent by ``ANNOUNCE_WATCH``."""

@@ -540,3 +540,42 @@ async def test_appends_notify_other_processes_only_while_someone_subscribes(
         assert f"{unwatched} 1 1" not in heard
     finally:
         await spy.close()
+
+
+@pytest.mark.postgres
+async def test_one_notification_tells_of_many_runs_and_odd_run_ids(
+    postgres_url: str, new_store: Callable[..., Awaitable[Store]]
+) -> None:
+    import asyncpg
+
+    writer, watcher = await new_store(postgres_url), await new_store(postgres_url)
+    heard: list[tuple[str, int, int | None]] = []
+    notifications: list[str] = []
+    spy = await asyncpg.connect(postgres_url)
+    await spy.add_listener("durable_events", lambda *args: notifications.append(args[3]))
+    stop = await watcher.subscribe_live(lambda *notice: heard.append(notice), lambda _: None)
+    ids = [f"run {i} with spaces" for i in range(300)] + ["x" * 5000, "two\nlines"]
+    await writer.create_runs([NewRun(id=run_id, workflow="wf", input=raw(1), random_seed=1) for run_id in ids])
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while len(heard) < 301:
+                await asyncio.sleep(0.01)
+    finally:
+        stop()
+        await spy.close()
+    assert 2 <= len(notifications) <= 3 and all(len(n.encode()) < 7900 for n in notifications)
+    # 301 runs in one statement: a few NOTIFYs of many lines; a run id with a line break gets none (a poll finds
+    # it), the others are told exactly once.
+    assert sorted(heard) == sorted((run_id, 1, 1) for run_id in ids[:301])
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n"), min_size=1, max_size=3000)
+                .filter(lambda text: len(text.encode()) < 7900)))  # what encode_notice lets through
+@settings(max_examples=50, deadline=None)
+def test_step_notices_are_packed_into_notify_payloads_that_fit(payloads: list[str]) -> None:
+    from history._live import MAX_NOTICE_BYTES
+    from history._pg_live import _pack
+
+    packed = _pack(payloads)
+    assert [line for payload in packed for line in payload.split("\n")] == payloads
+    assert all(len(payload.encode()) < MAX_NOTICE_BYTES for payload in packed)

@@ -2,12 +2,12 @@
 -- runs grew, in the committing transaction (NOTIFY is delivered on commit, in commit order), while some process
 -- subscribes.
 --
--- durable_events (payload: "run_id first_seq last_seq"): one NOTIFY per run per statement, however many events
--- the statement inserted for it, so a group-committed batch of appends sends one notification per run. The
--- payload names the new events, not their content: a subscriber reads them with read_history(run_id,
+-- durable_events (payload: lines "run_id first_seq last_seq", one per run the statement appended to, however
+-- many events it inserted for it, packed into as few NOTIFYs as fit under 7,900 bytes: a group-committed batch
+-- of appends for 100 runs sends one or two notifications). The payload names the new events, not their content: a subscriber reads them with read_history(run_id,
 -- after_seq=the last it saw), so a lost, duplicated or coalesced notification never loses or repeats an event,
--- and the payload stays far under NOTIFY's 8000-byte limit (a run id longer than 7,900 bytes gets no
--- notification: its subscribers find its events by their poll).
+-- and the payload stays under NOTIFY's 8000-byte limit (a run id longer than 7,900 bytes gets no notification:
+-- its subscribers find its events by their poll; so does a run id with a line break in it).
 --
 -- A statement-level trigger with a transition table: one PL/pgSQL call per statement, not one per event.
 --
@@ -21,11 +21,22 @@
 -- starts reading only once some subscriber holds the lock: from then on every append notifies, and every append
 -- that did not committed before the lock was granted.
 CREATE FUNCTION durable_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+    payload text := '';
 BEGIN
-    PERFORM pg_notify('durable_events', run_id || ' ' || min(seq) || ' ' || max(seq))
-    FROM durable_new_events
-    GROUP BY run_id
-    HAVING octet_length(run_id) < 7900;
+    -- One line per run; lines packed into as few NOTIFYs as fit (a group commit of 100 runs sends one or two).
+    FOR line IN SELECT run_id || ' ' || min(seq) || ' ' || max(seq) FROM durable_new_events GROUP BY run_id LOOP
+        CONTINUE WHEN octet_length(line) >= 7900 OR strpos(line, E'\n') > 0;  -- see the top of this file
+        IF octet_length(payload) + octet_length(line) >= 7900 THEN
+            PERFORM pg_notify('durable_events', payload);
+            payload := '';
+        END IF;
+        payload := CASE WHEN payload = '' THEN line ELSE payload || E'\n' || line END;
+    END LOOP;
+    IF payload <> '' THEN
+        PERFORM pg_notify('durable_events', payload);
+    END IF;
     RETURN NULL;
 END
 $$;
