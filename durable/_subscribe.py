@@ -219,6 +219,10 @@ class _Inbox:
         last_seq, first_seq = self._appended.pop(item)
         return item, last_seq, first_seq
 
+    def wake(self) -> None:
+        """Wake the reader (the subscription was closed)."""
+        self._ready.set()
+
     async def wait(self, timeout: float | None) -> bool:
         """Until a notice is queued (True), or ``timeout`` seconds pass (False)."""
         try:
@@ -275,10 +279,11 @@ class Subscription:
         return self
 
     def close(self) -> None:
-        """Stop listening; iteration ends."""
+        """Stop listening; iteration ends (an ``async for`` waiting in another task wakes up and ends)."""
         self._done = True
         if self._stop is not None:
             self._stop()
+        self._inbox.wake()
 
     async def __aenter__(self) -> Subscription:
         return await self.open()
@@ -286,7 +291,7 @@ class Subscription:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         events = self._events() if self._events is not None else None
-        if events is not None:
+        if events is not None and not getattr(events, "ag_running", False):  # another task iterating: woken above
             await events.aclose()
 
     def __aiter__(self) -> AsyncGenerator[RunEvent, None]:

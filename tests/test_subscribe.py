@@ -579,3 +579,11 @@ def test_step_notices_are_packed_into_notify_payloads_that_fit(payloads: list[st
     packed = _pack(payloads)
     assert [line for payload in packed for line in payload.split("\n")] == payloads
     assert all(len(payload.encode()) < MAX_NOTICE_BYTES for payload in packed)
+
+
+async def test_closing_a_subscription_ends_an_iteration_waiting_in_another_task(engine: durable.Engine) -> None:
+    subscription = await engine.subscribe(workflow="live_steps").open()
+    reader = asyncio.get_running_loop().create_task(collect(subscription))
+    await asyncio.sleep(0.01)  # the reader waits for news that does not come
+    subscription.close()
+    assert await reader == []
