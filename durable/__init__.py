@@ -10,7 +10,9 @@ from . import replay as replay  # the replay tool: durable.replay.replay(workflo
 from ._definitions import Step, Workflow, registered_workflows, step, workflow
 from ._engine import Engine, RunHandle
 from ._execution import Execution, ExecutionPage, StepView
+from ._metrics import RunMetrics
 from ._queues import Queues
+from ._retention import CleanupReport, Retention
 from ._retry import Retry
 from ._step_context import StepInfo, current_step
 from ._subscribe import RunEvent, Subscription
@@ -50,6 +52,7 @@ __all__ = [
     "Cancelled",
     "ChildHandle",
     "ChildWorkflowFailed",
+    "CleanupReport",
     "DatabaseUnavailable",
     "DurableError",
     "Engine",
@@ -70,10 +73,12 @@ __all__ = [
     "QueueStats",
     "Queues",
     "ResultTimeout",
+    "Retention",
     "Retry",
     "RunAlreadyFinished",
     "RunEvent",
     "RunHandle",
+    "RunMetrics",
     "RunNotFound",
     "SchemaError",
     "Step",

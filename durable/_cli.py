@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from history import STATUSES, DatabaseUnavailable, DurableError, RunNotFound, default_url, open_store
+from history import DatabaseUnavailable, DurableError, RunNotFound, default_url, open_store
 
 from . import _format
 from ._definitions import registered_workflows
@@ -119,21 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     common = _global_options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add = functools.partial(sub.add_parser, parents=[common])
+    from . import _cli_history, _cli_list, _cli_queues, _cli_watch, _cli_world  # they import this module: hence here
+
     _add_worker(add)
     _add_start(add)
     _add_show(add)
-    _add_list(add)
+    _cli_list.add_commands(add)  # list, with its filters
     _add_cancel(add)
     db = add("db", help="database schema commands").add_subparsers(metavar="ACTION", required=True)
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema", parents=[common])
     upgrade.set_defaults(command=cmd_db_upgrade)
     add("demo", help="run a sample workflow end to end and show its history").set_defaults(command=cmd_demo)
-    from . import _cli_history, _cli_queues, _cli_watch, _cli_world  # they import this module: hence here
-
     _cli_history.add_commands(add, [common])  # history, history export/import, replay
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
     _cli_watch.add_commands(add, [common])  # watch
+    from . import _cli_cleanup, _cli_stats
+
+    _cli_stats.add_commands(add, [common])  # stats
+    _cli_cleanup.add_commands(add, [common])  # cleanup
     return parser
 
 
@@ -157,6 +161,9 @@ def _add_worker(add: Any) -> None:
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="time to finish steps on stop (10 s)")
     p.add_argument("--queue", action="append", metavar="NAME=N", dest="queues", type=_queue_option,
                    help="serve this queue with N runs at once (repeatable; default: every queue)")
+    p.add_argument("--retention", type=_retention_option, metavar="KIND=AGE,…",
+                   help="delete old finished runs periodically, e.g. completed=30d,failed=90d[,cancelled=7d]"
+                        "[,every=1h] (default: keep every run)")
     p.set_defaults(command=cmd_worker)
 
 
@@ -164,6 +171,12 @@ def _queue_option(text: str) -> tuple[str, int]:
     from ._cli_queues import parse_queue_option
 
     return parse_queue_option(text)
+
+
+def _retention_option(text: str) -> Any:
+    from ._cli_cleanup import retention_option
+
+    return retention_option(text)
 
 
 def _add_start(add: Any) -> None:
@@ -184,14 +197,6 @@ def _add_show(add: Any) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.set_defaults(command=cmd_show)
-
-
-def _add_list(add: Any) -> None:
-    p = add("list", help="runs, newest first")
-    p.add_argument("--workflow", metavar="W")
-    p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--limit", type=_limit, default=20, metavar="N", help="at most N runs (1-1000, default 20)")
-    p.set_defaults(command=cmd_list)
 
 
 def _add_cancel(add: Any) -> None:
@@ -270,7 +275,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     try:
         queues = dict(args.queues) if args.queues else None
         worker = Worker(store, workflows, concurrency=args.concurrency, queues=queues,
-                        lease_seconds=args.lease_seconds)
+                        lease_seconds=args.lease_seconds, retention=args.retention)
         log.info("serving %s from %s; stop with Ctrl-C or SIGTERM", ", ".join(sorted(workflows)), store.url)
         with _StopOnSignals(worker, args.grace) as stopping:
             await worker.run()
@@ -373,19 +378,6 @@ async def cmd_show(args: argparse.Namespace) -> int:
             print(step_traceback)
     print(style(f"\nEvent history ({len(events)} events)", "bold"))
     print(_format.history_table(events, style))
-    return 0
-
-
-async def cmd_list(args: argparse.Namespace) -> int:
-    """Print runs as a table, newest first."""
-    async with Engine(args.database_url, worker=False) as engine:
-        page = await engine.list_executions(workflow=args.workflow, status=args.status, limit=args.limit)
-    if not page.items:
-        print("no runs" + (" match" if args.workflow or args.status else f" in {engine.url} yet: try `durable demo`"))
-        return 0
-    print(_format.execution_table(page.items, _format.Style.for_stream(sys.stdout)))
-    if page.next_cursor:
-        print(f"  … more: raise --limit (now {args.limit})")
     return 0
 
 

@@ -53,6 +53,7 @@ from replay import NonDeterminismError, Outcome, StepRequest, WorkflowInstance, 
 
 from ._driver_world import Arrival, WorldDriver
 from ._step_context import _CURRENT_STEP, StepInfo
+from ._telemetry import RunObserver
 from .errors import NonRetryableError, StepFailed
 
 if TYPE_CHECKING:
@@ -103,6 +104,11 @@ class RunDriver:
         self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
         self._world = WorldDriver(self)
+        telemetry = worker.telemetry
+        # None unless OpenTelemetry is configured: then each hook below costs one test.
+        self._obs: RunObserver | None = (
+            RunObserver(telemetry, claim.run, claim.due_at, worker.clock(), worker.clock) if telemetry.enabled else None
+        )
 
     # -- signals from the worker ------------------------------------------------------------------------------
 
@@ -135,10 +141,14 @@ class RunDriver:
         instance = WorkflowInstance(
             workflow, self._history[0], clock=self.worker.clock, step_failed=StepFailed
         )
+        obs = self._obs
         try:
             try:
                 if len(self._history) > 1:
+                    began = time.perf_counter()
                     instance.replay(self._history)
+                    if obs is not None:
+                        obs.replayed((time.perf_counter() - began) * 1000.0)
                 else:
                     instance.start()
             except NonDeterminismError as exc:
@@ -149,10 +159,23 @@ class RunDriver:
             await self._loop(instance)
         except LeaseLost:
             log.warning("run %s: lease lost to another worker; leaving it to that worker", self.run_id)
+            if obs is not None:
+                obs.lease_lost()
         finally:
             for task in self._running.values():
                 task.cancel()
             instance.close()
+            if obs is not None:
+                obs.close()
+
+    def trace_context(self) -> str | None:
+        """The trace context of a run this run creates (a child; the run that continues it), when tracing."""
+        return None if self._obs is None else self._obs.child_context()
+
+    def run_created(self, workflow: str) -> None:
+        """Count a run this run created (``durable.runs.started``), when measuring."""
+        if self._obs is not None:
+            self._obs.run_created(workflow)
 
     async def _loop(self, instance: WorkflowInstance) -> None:
         while True:
@@ -240,6 +263,8 @@ class RunDriver:
         attempt = step.attempt
         info = StepInfo(self.run_id, self.run.workflow, step.name, step.command_id, attempt)
         token = _CURRENT_STEP.set(info)
+        obs = self._obs
+        span = None if obs is None else obs.step_started(step)  # the current span of the body, when tracing
         started = time.perf_counter()
         ended = _Attempt(step=step, attempt=attempt, duration_ms=0.0)
         try:
@@ -258,6 +283,8 @@ class RunDriver:
             ended.error = exc
         finally:
             _CURRENT_STEP.reset(token)
+            if span is not None and obs is not None:
+                obs.step_body_ended(span)
         ended.duration_ms = (time.perf_counter() - started) * 1000.0
         if ended.error is not None and self._retryable(ended.error, definition, attempt):
             delay = definition.retry.delay(attempt)
@@ -328,6 +355,8 @@ class RunDriver:
                 self._running.pop(item.step.command_id, None)
                 step_events, delivery = self._events_for(item)
                 events.extend(step_events)
+                if self._obs is not None:
+                    self._obs.step_ended(item.step, item.attempt, item.duration_ms, item.error, item.retry_at)
                 if delivery is None:
                     retries.append(item)
             if delivery is not None:
@@ -353,12 +382,15 @@ class RunDriver:
         await self._world.create_children()  # a child exists before its ChildStarted is recorded
         if self._instance is not None:
             update.update(self._world.side_effects(self._instance, events))
+            update["current_step"] = current_step(self._instance)  # rides on this append: no round trip of its own
         if self._consumed:
             update["consumed"], self._consumed = self._consumed, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
         await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
         self._next_seq += len(events)
+        if self._obs is not None:
+            self._obs.appended(events)
 
     async def _finish_outcome(self, outcome: Outcome) -> None:
         if outcome.cancelled is not None and outcome.timed_out:
@@ -384,11 +416,15 @@ class RunDriver:
         self._pending_events = []
         await self._append(events, status=status, result=result, error=error, release=True)
         self.worker.count(status)
+        if self._obs is not None:
+            self._obs.finished(status, error)
         if self._cancel_children and self._instance is not None:
             await self._world.cancelled(self._instance)
 
     async def _release(self, *, wake_at: datetime | None, status: str | None) -> None:
         await self._append(self._take_pending(), status=status, wake_at=wake_at, release=True)
+        if self._obs is not None:
+            self._obs.released(status or PENDING)
 
     def _take_pending(self) -> list[Event]:
         events, self._pending_events = self._pending_events, []
@@ -396,8 +432,23 @@ class RunDriver:
 
     async def _block(self, exc: NonDeterminismError) -> None:
         log.error("%s", exc)
+        if self._obs is not None:
+            self._obs.blocked(exc)
         retry_at = self.worker.clock() + _BLOCKED_RETRY
         await self.worker.store.mark_blocked(self.run_id, self.worker.worker_id, self.epoch, str(exc), retry_at)
+
+
+def current_step(instance: WorkflowInstance) -> str | None:
+    """What the run does once this append is in: its unfinished steps (running, about to start or waiting for a
+    retry) by name, comma-separated in call order; else what it waits for from the world; else ``sleep`` when a
+    timer is armed. Cheap: the steps and waits in flight, usually one."""
+    names = list(dict.fromkeys(step.name for step in instance.pending_steps.values()))
+    if names:
+        return ",".join(names)
+    waits = instance.waits
+    if waits:
+        return ",".join(waits)
+    return "sleep" if instance.pending_timers else None
 
 
 async def _call_body(step: StepRequest) -> Any:

@@ -102,7 +102,7 @@ class WorldDriver:
             self._children.extend(instance.take_new_children())
         while self._children:
             request = self._children[0]
-            await self.driver.worker.store.create_run(
+            _, created = await self.driver.worker.store.create_run(
                 NewRun(
                     id=request.child_id,
                     workflow=request.workflow,
@@ -110,8 +110,11 @@ class WorldDriver:
                     random_seed=random.getrandbits(63),
                     parent_id=self.driver.run_id,
                     deadline=self._deadline_of(request.workflow),
+                    trace_context=self.driver.trace_context(),  # the child's spans descend from this activation
                 )
             )
+            if created:
+                self.driver.run_created(request.workflow)
             self._children.pop(0)
 
     def _deadline_of(self, workflow: str) -> datetime | None:
@@ -135,7 +138,7 @@ class WorldDriver:
         """Create the run that continues this one, handing it the messages no wait took; return its id."""
         run = self.driver.run
         new_id = next_run_id(run.id)
-        await self.driver.worker.store.create_run(
+        _, created = await self.driver.worker.store.create_run(
             NewRun(
                 id=new_id,
                 workflow=run.workflow,
@@ -147,8 +150,11 @@ class WorldDriver:
                 deadline=self._deadline_of(run.workflow),
                 continued_from=run.id,
                 carried=instance.unused_messages(),
+                trace_context=self.driver.trace_context(),
             )
         )
+        if created:
+            self.driver.run_created(run.workflow)
         return new_id
 
     # -- the inbox ----------------------------------------------------------------------------------------------

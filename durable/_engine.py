@@ -6,15 +6,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from history import (
     CANCELLED,
     CONTINUED,
     FAILED,
-    STATUSES,
     ErrorInfo,
     NewRun,
     RunNotFound,
@@ -28,10 +27,16 @@ from ._definitions import Workflow, encode_input, registered_workflows, resolve_
 from ._engine_world import WorldClient
 from ._execution import Execution, ExecutionPage, execution_from
 from ._ids import new_run_id
+from ._metrics import MetricsClient
 from ._queues import Queues
+from ._retention import Retention, RetentionClient
 from ._subscribe import SubscribeClient
+from ._telemetry import Telemetry
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
+
+if TYPE_CHECKING:
+    from ._telemetry import MeterProvider, TracerProvider
 
 log = logging.getLogger("durable")
 
@@ -103,7 +108,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine(WorldClient, SubscribeClient):
+class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:
@@ -115,6 +120,10 @@ class Engine(WorldClient, SubscribeClient):
         store: an already constructed store (e.g. a ``MemoryStore`` with a virtual clock), instead of ``url``.
         clock: what "now" is for the worker, ``ctx.now()`` and ``start(delay=...)`` (default: the UTC wall clock);
             give a store with a virtual clock the same one (``durable.testing`` does).
+        retention: delete old finished runs periodically in the in-process worker (see ``durable.Retention``).
+        tracer_provider, meter_provider: OpenTelemetry providers for spans and metrics, of this engine (the trace
+            context stored with the runs it starts, ``durable.runs.started``) and of its worker (default: the
+            global ones; see docs/observability-tracing.md).
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -132,7 +141,12 @@ class Engine(WorldClient, SubscribeClient):
         poll_interval: float = 2.0,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
+        retention: Retention | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        if retention is not None and not worker:
+            raise ValueError("retention= runs in the in-process worker: give worker=True, or use `durable worker`")
         self.store: Store = store if store is not None else open_store(url)
         self._run_worker = worker
         self._workflows = workflows
@@ -143,7 +157,11 @@ class Engine(WorldClient, SubscribeClient):
             lease_seconds=lease_seconds,
             horizon=horizon,
             poll_interval=poll_interval,
+            retention=retention,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
         )
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""
         if clock is not None:
@@ -163,6 +181,9 @@ class Engine(WorldClient, SubscribeClient):
             return self
         await self.store.open()
         self._opened = True
+        self._telemetry = Telemetry(
+            self._worker_options["tracer_provider"], self._worker_options["meter_provider"]
+        )  # decided once per open: providers set up by now count
         if self._run_worker:
             self.worker = Worker(self.store, self._served(), **self._worker_options)
             self._worker_task = asyncio.get_running_loop().create_task(self.worker.run())
@@ -226,6 +247,8 @@ class Engine(WorldClient, SubscribeClient):
         _check_placement(queue, priority)
         new = self._new_run(name, definition, args, queue, priority, wake_at, workflow_id, dedup_key)
         run, created = await self.store.create_run(new)
+        if created:
+            self._telemetry.runs_created(name, 1)
         if not created and dedup_key is not None and run.id != new.id:
             return RunHandle(self, run.id, run.workflow, created=False)  # a live run holds the dedup key
         if not created and run.workflow != name:
@@ -266,6 +289,7 @@ class Engine(WorldClient, SubscribeClient):
         for at in range(0, len(news), _START_BATCH):
             created = await self.store.create_runs(news[at : at + _START_BATCH])
             handles += [RunHandle(self, run.id, run.workflow, fresh) for run, fresh in created]
+            self._telemetry.runs_created(name, sum(fresh for _, fresh in created))
         return handles
 
     async def _resolve(self, workflow: Workflow | str) -> tuple[str, Workflow | None]:
@@ -293,8 +317,9 @@ class Engine(WorldClient, SubscribeClient):
         if definition is not None:
             definition.check_arguments(args)
         timeout = None if definition is None else definition.timeout
+        run_id = workflow_id or new_run_id()
         return NewRun(
-            id=workflow_id or new_run_id(),
+            id=run_id,
             workflow=name,
             input=encode_input(args, name),
             random_seed=random.getrandbits(63),
@@ -303,6 +328,7 @@ class Engine(WorldClient, SubscribeClient):
             wake_at=wake_at,
             deadline=None if timeout is None else self._clock() + timedelta(seconds=timeout),
             dedup_key=dedup_key,
+            trace_context=self._telemetry.start_context(name, run_id, queue),
         )
 
     def get_handle(self, run_id: str, workflow: str = "") -> RunHandle:
@@ -334,17 +360,49 @@ class Engine(WorldClient, SubscribeClient):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> ExecutionPage:
-        """Runs newest first, optionally filtered by workflow name and status; page with ``cursor``."""
+        """Runs that match every filter given, a page at a time (keyset pagination: stable under inserts).
+
+        Args:
+            workflow: the workflow name.
+            status: one status or several (``"failed"``, ``["pending", "running"]``).
+            limit: runs per page, 1 to 1000.
+            cursor: the ``next_cursor`` of the previous page (listed with the same ``order_by``).
+            current_step: runs doing this now: a step name (also one of several parallel steps), or a wait such
+                as ``"sleep"``, ``"event:<name>"``, ``"input:<key>"`` (see ``Execution.current_step``).
+            started_after: runs started with ``start()`` at or after this aware datetime (their ``created_at``,
+                so runs no worker has picked up yet are found too).
+            started_before: runs started before this aware datetime.
+            queue: the queue name.
+            parent_id: children of this run.
+            search: a prefix of the run id or of its dedup key (case-sensitive), e.g. a pasted id or an order
+                number used as dedup key.
+            order_by: ``created_at``, ``started_at`` (first picked up by a worker), ``finished_at`` or
+                ``updated_at``; prefix ``-`` for newest first (the default is ``-created_at``). Runs without that
+                time (not yet started, not finished) are left out of that order.
+
+        Raises:
+            ValueError: an unknown status or order, a limit out of range, a naive datetime, or a cursor that
+                is malformed or belongs to another order.
+        """
         self._require_open()
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
-        if not 1 <= limit <= 1000:
-            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
-        page = await self.store.list_runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be an integer between 1 and 1000, got {limit!r}")
+        page = await self.store.list_runs(
+            workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+            started_after=started_after, started_before=started_before, queue=queue, parent_id=parent_id,
+            search=search, order_by=order_by,
+        )  # fmt: skip
         return ExecutionPage(items=[execution_from(run) for run in page.runs], next_cursor=page.next_cursor)
 
     # -- acting --------------------------------------------------------------------------------------------

@@ -69,6 +69,10 @@ class Execution(msgspec.Struct, frozen=True):
     continued_from: str | None = None
     continued_as: str | None = None
     """For a run that called ``ctx.continue_as_new``: the run that carries on."""
+    current_step: str | None = None
+    """What the run does now, as of its last recorded event: the names of its steps in flight (comma-separated
+    when several run in parallel), else what it waits for (``event:<name>``, ``input:<key>``, ``child:<run id>``,
+    ``sleep``); ``None`` when finished, or before the run recorded anything (its first step's first attempt)."""
 
     @property
     def duration_ms(self) -> float | None:
@@ -79,7 +83,8 @@ class Execution(msgspec.Struct, frozen=True):
 
 
 class ExecutionPage(msgspec.Struct, frozen=True):
-    """A page of executions, newest first. Iterate it; pass ``next_cursor`` as ``cursor=`` for the next."""
+    """A page of executions, in the order asked (newest first by default). Iterate it; pass ``next_cursor`` as
+    ``cursor=`` (with the same ``order_by``) for the next page; ``None``: this is the last."""
 
     items: list[Execution]
     next_cursor: str | None
@@ -121,6 +126,7 @@ def execution_from(
         children=children or [],
         continued_from=run.continued_from,
         continued_as=continued_as,
+        current_step=run.current_step,
     )
 
 

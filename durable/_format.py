@@ -292,10 +292,11 @@ def execution_table(executions: Sequence[Execution], style: Style) -> str:
             when(e.created_at),
             millis(e.duration_ms),
             str(e.history_length),
+            (e.current_step or "")[:40],
         ]
         for e in executions
     ]
-    return table(["id", "workflow", "status", "created", "took", "events"], rows, style)
+    return table(["id", "workflow", "status", "created", "took", "events", "doing"], rows, style)
 
 
 def execution_summary(execution: Execution, style: Style) -> str:
@@ -318,6 +319,8 @@ def execution_summary(execution: Execution, style: Style) -> str:
         fields.append(("next run", f"{e.continued_as}  (continued as new)"))
     if e.worker and not e.finished_at:
         fields.append(("worker", e.worker))
+    if e.current_step and not e.finished_at:
+        fields.append(("doing", e.current_step))
     if e.wake_at and not e.finished_at:
         parked = e.wake_at >= _NEVER  # waits for nothing but the world: an event, an input, a child's outcome
         fields.append(("wakes at", "when an event, input or child's outcome it waits for arrives" if parked

@@ -16,14 +16,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from history import Append, Claim, HistoryConflict, LeaseLost, Store
+from history import Append, Claim, HistoryConflict, LeaseLost, QueueStats, Store
 
 from ._appender import GroupAppender
 from ._definitions import Workflow
 from ._driver import RunDriver
+from ._retention import Retention, RetentionJob
 from ._step_context import StepInfo
+from ._telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from ._telemetry import MeterProvider, TracerProvider
 
 log = logging.getLogger("durable.worker")
 
@@ -38,6 +43,9 @@ runs the real body. A testing hook (``durable.testing`` injects failures and moc
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
+
+_QUEUE_DEPTH_EVERY = 5.0
+"""Seconds between reads of queue stats for the ``durable.queue.depth`` gauge (only when metrics are on)."""
 
 _CLAIM_BATCH = 100
 """Most runs taken by one claim: large enough to amortize a round trip, small enough to share a burst."""
@@ -79,6 +87,11 @@ class Worker:
         poll_interval: fallback poll when no notification arrives.
         clock: what "now" is (timers, retry times, ``ctx.now()``); a test passes a virtual clock.
         step_interceptor: a testing hook called instead of every step attempt's body (see ``StepInterceptor``).
+        retention: delete old finished runs periodically, in a background task (see ``durable.Retention``).
+        tracer_provider: OpenTelemetry tracer provider for run and step spans (default: the global one).
+        meter_provider: OpenTelemetry meter provider for the ``durable`` metrics (default: the global one).
+            Whether each is on is decided when ``run()`` starts: with the API's no-op defaults (nothing
+            configured) a worker traces and measures nothing and pays nothing per step.
     """
 
     def __init__(
@@ -94,6 +107,9 @@ class Worker:
         clock: Callable[[], datetime] = _utcnow,
         worker_id: str | None = None,
         step_interceptor: StepInterceptor | None = None,
+        retention: Retention | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -109,12 +125,18 @@ class Worker:
         self.clock = clock
         self.worker_id = worker_id or make_worker_id()
         self.step_interceptor = step_interceptor
+        self._providers = (tracer_provider, meter_provider)
+        self.telemetry = Telemetry(tracer_provider, meter_provider)
+        self.queue_depths: tuple[QueueStats, ...] = ()
+        """The queues' stats as last read for the ``durable.queue.depth`` gauge (only when metrics are on)."""
         self.stopping = False
         self.counts: collections.Counter[str] = collections.Counter()
         self._appender = GroupAppender(store)
         self._drivers: dict[str, tuple[RunDriver, asyncio.Task[None]]] = {}
         self._signal = store.hub.subscribe_work()
         self._stopped = asyncio.Event()
+        self.retention = None if retention is None else RetentionJob(store, retention, clock, self.worker_id)
+        """The periodic cleanup (``None`` without ``retention=``); ``await worker.retention.wait_pass()``."""
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -122,7 +144,13 @@ class Worker:
         """Claim and drive runs until ``stop()``; then wait for the drivers to hand their runs back."""
         names = sorted(self.workflows)
         await self.store.register_workflows(self.worker_id, names)
+        self.telemetry = Telemetry(*self._providers)  # decided once per start: providers set up by now count
+        metrics = self.telemetry.metrics
+        if metrics is not None:
+            metrics.add_worker(self)
+        depths = None if metrics is None else asyncio.get_running_loop().create_task(self._queue_depth_loop())
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
         try:
@@ -136,6 +164,14 @@ class Worker:
         finally:
             stop_listening()
             heartbeat.cancel()
+            if cleanup is not None:  # awaited: a pass cut short releases its connection before the store closes
+                cleanup.cancel()
+                await asyncio.gather(cleanup, return_exceptions=True)
+            if depths is not None:  # awaited too: a read cut short releases its connection before the store closes
+                depths.cancel()
+                await asyncio.gather(depths, return_exceptions=True)
+            if metrics is not None:
+                metrics.discard_worker(self)
             self._signal.close()
             self._stopped.set()
 
@@ -239,6 +275,18 @@ class Worker:
                 self.cancel_local(run_id, reason)
             for run_id in beat.messages:
                 self._message_arrived(run_id)
+
+    async def _queue_depth_loop(self) -> None:
+        """Read the served queues' stats every few seconds for the ``durable.queue.depth`` gauge: off the per-step
+        path, and only when a meter provider is configured."""
+        while True:
+            try:
+                served = self.queues if self.queues is not None else [q.name for q in await self.store.list_queues()]
+                names = list(served)
+                self.queue_depths = tuple([await self.store.queue_stats(name) for name in names])
+            except Exception:
+                log.debug("worker %s: reading queue stats failed; retrying", self.worker_id, exc_info=True)
+            await asyncio.sleep(_QUEUE_DEPTH_EVERY)
 
     def _message_arrived(self, run_id: str) -> None:
         entry = self._drivers.get(run_id)

@@ -48,6 +48,7 @@ from ._events import (
 )
 from ._live import StepNotice
 from ._memory import MemoryStore
+from ._metrics import RunStats
 from ._notify import Hub, WorkSignal
 from ._open import DEFAULT_URL, default_url, open_store
 from ._records import (
@@ -128,6 +129,7 @@ __all__ = [
     "RunPage",
     "RunRecord",
     "RunStarted",
+    "RunStats",
     "STATUSES",
     "SchemaError",
     "StateUpdated",

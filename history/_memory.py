@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from ._cursor import decode_cursor, encode_cursor
 from ._errors import (
     HistoryConflict,
     InputAlreadyProvided,
@@ -21,7 +20,9 @@ from ._errors import (
     RunNotFound,
 )
 from ._events import RecordedEvent
+from ._listing import page_of, run_query
 from ._live import StepNotice
+from ._memory_metrics import MemoryMetrics
 from ._notify import AppendedListener, Hub
 from ._records import (
     FINISHED_STATUSES,
@@ -47,7 +48,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore:
+class MemoryStore(MemoryMetrics):
     """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
 
     def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:
@@ -111,6 +112,7 @@ class MemoryStore:
             wake_at=new.wake_at,
             continued_from=new.continued_from,
             dedup_key=new.dedup_key,
+            trace_context=new.trace_context,
         )
         started = new.started_event()
         self._runs[new.id] = run
@@ -125,22 +127,23 @@ class MemoryStore:
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first, filtered, keyset-paginated."""
-        runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.id), reverse=True)
-        if workflow is not None:
-            runs = [r for r in runs if r.workflow == workflow]
-        if status is not None:
-            runs = [r for r in runs if r.status == status]
-        if cursor is not None:
-            after = decode_cursor(cursor)
-            runs = [r for r in runs if (r.created_at, r.id) < after]
-        page = runs[: max(limit, 0)]
-        more = len(runs) > limit and bool(page)
-        return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+        """Runs filtered and ordered as ``history._listing`` says (the reference), keyset-paginated."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        page, cursor = page_of(query, list(self._runs.values()))
+        return RunPage(runs=page, next_cursor=cursor)
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
         """The run's events after ``after_seq``."""
@@ -196,7 +199,8 @@ class MemoryStore:
                     wake_at=None,
                 )
                 self._runs[run.id] = leased
-                claims.append(Claim(run=leased, history=list(self._events[run.id])))
+                due_at = run.wake_at or run.created_at
+                claims.append(Claim(run=leased, history=list(self._events[run.id]), due_at=due_at))
             return claims
 
     def _allowance(self, queue: str, now: datetime) -> tuple[float, float]:
@@ -296,6 +300,9 @@ class MemoryStore:
         if status in FINISHED_STATUSES:
             changes["finished_at"] = now
             changes["wake_at"] = None
+            changes["current_step"] = None
+        elif not isinstance(item.current_step, Unset):
+            changes["current_step"] = item.current_step
         if item.release or status in FINISHED_STATUSES:
             changes.update(lease_owner=None, lease_expires_at=None)
         if item.state is not None:

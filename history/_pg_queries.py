@@ -14,7 +14,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from, dedup_key"
+    "continued_from, dedup_key, trace_context, current_step"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_postgres``)."""
 
@@ -43,14 +43,15 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name) VALUES ($1,
 # --- runs ----------------------------------------------------------------------------------------------------
 
 # Create a run and its RunStarted event (seq 1); return (true, the run), or (false, the existing run) when the
-# id exists already or an unfinished run has dedup key $10 (the id wins when both do). "ON CONFLICT DO NOTHING"
-# covers the primary key and the unique index durable_runs_dedup. No row only when a concurrent create of the
-# same id or key commits after this statement began (its snapshot does not see that run): then GET_EXISTING.
+# id exists already or an unfinished run has dedup key $10 (the id wins when both do); $11 is the trace context.
+# "ON CONFLICT DO NOTHING" covers the primary key and the unique index durable_runs_dedup. No row only when a
+# concurrent create of the same id or key commits after this statement began (its snapshot does not see that
+# run): then GET_EXISTING.
 CREATE_RUN = f"""
 WITH run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at, continued_from, dedup_key)
-    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9, $10)
+                              parent_id, wake_at, continued_from, dedup_key, trace_context)
+    VALUES ($1, $2, 'pending', $3, now(), now(), 2, $4, $5, $6, $7, $9, $10, $11)
     ON CONFLICT DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), started AS (
@@ -63,21 +64,22 @@ UNION ALL
  WHERE (id = $1 OR (dedup_key = $10 AND status NOT IN {FINISHED})) AND NOT EXISTS (SELECT FROM run)
  ORDER BY id = $1 DESC LIMIT 1)"""
 
-# CREATE_RUN for a batch ($1 ids … $10 dedup keys: arrays, one element per run, none sharing an id or a key):
+# CREATE_RUN for a batch ($1 ids … $10 dedup keys, $11 trace contexts: arrays, one element per run, none sharing
+# an id or a key):
 # one row (ordinality, created, the run) per run that was created or exists already. A run missing from the
 # result met a concurrent create that committed after this statement began (as with CREATE_RUN): ask again.
 # Rows go in id order, so that two batches of the same ids take their locks in the same order.
 CREATE_RUNS = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int4[], $6::text[],
-                         $7::timestamptz[], $8::bytea[], $9::text[], $10::text[])
+                         $7::timestamptz[], $8::bytea[], $9::text[], $10::text[], $11::text[])
         WITH ORDINALITY AS b(id, workflow, input, queue, priority, parent_id, wake_at, started, continued_from,
-                             dedup_key, ord)
+                             dedup_key, trace_context, ord)
 ), run AS (
     INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                              parent_id, wake_at, continued_from, dedup_key)
+                              parent_id, wake_at, continued_from, dedup_key, trace_context)
     SELECT id, workflow, 'pending', input, now(), now(), 2, queue, priority, parent_id, wake_at, continued_from,
-           dedup_key
+           dedup_key, trace_context
     FROM batch ORDER BY id
     ON CONFLICT DO NOTHING
     RETURNING {RUN_COLUMNS}
@@ -332,14 +334,19 @@ def _append(full: bool) -> str:
     """The text of ``APPEND`` (``full=False``) or ``APPEND_FULL`` (``full=True``)."""
     state_array = ", $16::bytea[]" if full else ""
     state_column = ", state" if full else ""
+    # current_step, one more array (the last parameter): NULL leaves it, '' clears it (history.Append's UNSET and
+    # None). Not an indexed column, so the common step append stays a HOT update.
+    step_param = "$28" if full else "$16"
     state_set = ",\n        state = coalesce(i.state, r.state)" if full else ""
     returning = "r.id, r.parent_id, r.finished_at" if full else "r.id"
     unleased = f"CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL"
     return f"""
 WITH item AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::integer[], $6::text[],
-                         $7::bytea[], $8::json[], $9::timestamptz[], $10::boolean[]{state_array})
-        AS t(run_id, worker_id, epoch, first_seq, n_events, status, result, error, wake_at, release{state_column})
+                         $7::bytea[], $8::json[], $9::timestamptz[], $10::boolean[]{state_array},
+                         {step_param}::text[])
+        AS t(run_id, worker_id, epoch, first_seq, n_events, status, result, error, wake_at, release{state_column},
+             current_step)
 ), applied AS (
     UPDATE durable_runs r
     SET status = coalesce(i.status, r.status),
@@ -351,7 +358,9 @@ WITH item AS (
         finished_at = CASE WHEN i.status IN {FINISHED} THEN now() ELSE r.finished_at END,
         wake_at = CASE WHEN i.status IN {FINISHED} THEN NULL ELSE i.wake_at END,
         lease_owner = {unleased} ELSE r.lease_owner END,
-        lease_expires_at = {unleased} ELSE r.lease_expires_at END{state_set}
+        lease_expires_at = {unleased} ELSE r.lease_expires_at END,
+        current_step = CASE WHEN i.status IN {FINISHED} THEN NULL
+                            ELSE nullif(coalesce(i.current_step, r.current_step), '') END{state_set}
     FROM item i
     WHERE r.id = ANY($1::text[])  -- repeated for the planner: an index scan of the keys, whatever the statistics
       AND r.id = i.run_id AND r.lease_owner = i.worker_id AND r.lease_epoch = i.epoch
@@ -406,17 +415,17 @@ FROM applied a"""
 # Apply a batch of appends (distinct run ids) in one statement, so one round trip and one commit. Each item is
 # fenced on its lease and next_seq; an item whose fence fails matches no row, inserts no event, and does not
 # disturb the others. Returns the ids of the runs updated. Arrays: $1-$10 one element per item, $11-$15 one per
-# event. The row update mirrors MemoryStore._apply; a release of a run with unconsumed messages is made ready by
-# the trigger durable_runs_released (0002_waiting.sql). For batches where no item finishes or changes the side
-# tables: the common step append.
+# event, $16 one per item (current_step). The row update mirrors MemoryStore._apply; a release of a run with
+# unconsumed messages is made ready by the trigger durable_runs_released (0002_waiting.sql). For batches where no
+# item finishes or changes the side tables: the common step append.
 APPEND = _append(full=False)
 
 # APPEND for a batch in which some item finishes or changes the side tables (MemoryStore._apply_side_tables):
 # $16 the items' new states; $17-$18 the inbox messages consumed (run id, message id); $19-$25 the inputs opened
-# (run id, key, prompt, spec, created_at, workflow, timeout_at); $26-$27 the inputs closed (run id, key). Only
-# items that pass their fence change anything. What finishing does (close inputs, message the parent) is done by
-# the trigger durable_runs_finished. Returns each updated run's id with the id of the parent that gets a "child"
-# message (NULL: none), for the local hub.
+# (run id, key, prompt, spec, created_at, workflow, timeout_at); $26-$27 the inputs closed (run id, key); $28 the
+# items' current steps. Only items that pass their fence change anything. What finishing does (close inputs,
+# message the parent) is done by the trigger durable_runs_finished. Returns each updated run's id with the id of
+# the parent that gets a "child" message (NULL: none), for the local hub.
 APPEND_FULL = _append(full=True)
 
 # Why appends were refused: each run's lease and next_seq as they are now.

@@ -42,11 +42,13 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 
 from . import _pg_queries as q
 from ._codec import decode_event, encode_event, event_type
-from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
+from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
+from ._pg_listing import list_runs_args
 from ._pg_live import LIVE_CHANNELS, PostgresLive
+from ._pg_metrics import PostgresMetrics
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -130,7 +132,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore(PostgresLive):
+class PostgresStore(PostgresMetrics, PostgresLive):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -367,7 +369,7 @@ class PostgresStore(PostgresLive):
         for _ in range(_CREATE_RETRIES):
             row = await self._db.fetchrow(
                 q.CREATE_RUN, new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-                new.wake_at, started, new.continued_from, new.dedup_key,
+                new.wake_at, started, new.continued_from, new.dedup_key, new.trace_context,
             )  # fmt: skip
             if row is not None:
                 run = _run(row[1:])
@@ -426,7 +428,7 @@ class PostgresStore(PostgresLive):
                         [bytes(n.input) for n in batch], [n.queue for n in batch], [n.priority for n in batch],
                         [n.parent_id for n in batch], [n.wake_at for n in batch],
                         [encode_event(n.started_event()) for n in batch], [n.continued_from for n in batch],
-                        [n.dedup_key for n in batch],
+                        [n.dedup_key for n in batch], [n.trace_context for n in batch],
                     )  # fmt: skip
                 except asyncpg.DeadlockDetectedError:
                     if in_transaction:
@@ -453,23 +455,23 @@ class PostgresStore(PostgresLive):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
-        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
-        if workflow is not None:
-            args.append(workflow)
-        if status is not None:
-            args.append(status)
-        if cursor is not None:
-            args.extend(decode_cursor(cursor))
-        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
-        rows = await self._db.fetch(sql, *args)
-        runs = [_run(row) for row in rows[:limit]]
-        more = len(rows) > limit and runs
-        return RunPage(runs=runs, next_cursor=encode_cursor(runs[-1].created_at, runs[-1].id) if more else None)
+        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated; one round trip."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        sql, args = list_runs_args(query)
+        return page_from(query, [_run(row) for row in await self._db.fetch(sql, *args)])
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
         """The run's events with ``seq > after_seq``, in order."""
@@ -508,7 +510,7 @@ class PostgresStore(PostgresLive):
                 # The statement's snapshot predates an append that committed just before our lock (by the worker
                 # whose lease we took over): read the history again, now that nobody else can extend it.
                 history = await self.read_history(run.id)
-            claims.append(Claim(run=run, history=history))
+            claims.append(Claim(run=run, history=history, due_at=row[1 + _RUN_WIDTH]))
         return claims
 
     async def _claim_limited(self, args: list[Any], queue: str | None) -> list[Any]:
@@ -548,6 +550,7 @@ class PostgresStore(PostgresLive):
         full = any(_is_full(item) for item in items)
         if full:
             args += _full_args(items)
+        args.append([stored_step(item.current_step) for item in items])  # the last array of both statements
         async with self._db.acquire() as conn:
             # run id -> the parent that got a "child" message (None: none)
             applied = await self._apply_appends(conn, q.APPEND_FULL if full else q.APPEND, args)

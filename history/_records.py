@@ -66,6 +66,13 @@ class RunRecord(msgspec.Struct, frozen=True):
     """The run this one continues (``ctx.continue_as_new``)."""
     dedup_key: str | None = None
     """While this run is unfinished, starting another with the same key returns this run."""
+    trace_context: str | None = None
+    """The W3C trace context the run's spans descend from (``traceparent``, then ``tracestate`` after a newline
+    when there is one): its starter's span, or its parent run's. Opaque to the store."""
+    current_step: str | None = None
+    """What the run is doing, as of its last append: the names of its steps in flight, comma-separated (in call
+    order), else what it waits for (``event:<name>``, ``input:<key>``, ``child:<run id>``, ``sleep``); ``None``
+    once finished (and before its first append)."""
 
     @property
     def finished(self) -> bool:
@@ -88,6 +95,8 @@ class NewRun(msgspec.Struct, frozen=True):
     continued_from: str | None = None
     carried: tuple[CarriedMessage, ...] = ()
     dedup_key: str | None = None
+    trace_context: str | None = None
+    """Stored in the run's row (not in its history): see ``RunRecord.trace_context``."""
 
     def started_event(self) -> RunStarted:
         """The ``RunStarted`` event (event 1) of the run this creates: every store writes exactly this."""
@@ -159,6 +168,8 @@ class Append(msgspec.Struct, frozen=True):
     """Inputs the run starts waiting for (listed by ``list_pending_inputs`` until closed or provided)."""
     close_inputs: Sequence[str] = ()
     """Keys of inputs the run no longer waits for (answered or timed out). A finished run closes all."""
+    current_step: str | Unset | None = UNSET
+    """The run's new ``current_step`` (``None`` clears it; ``UNSET`` leaves it). A finishing run's is cleared."""
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -166,6 +177,9 @@ class Claim(msgspec.Struct, frozen=True):
 
     run: RunRecord
     history: list[RecordedEvent]
+    due_at: datetime | None = None
+    """The time the claim ordered the run by (its ``wake_at`` before the claim, else its creation time); for
+    metrics of how long runs wait to be claimed. ``None`` when the store does not tell."""
 
 
 class Heartbeat(msgspec.Struct, frozen=True):

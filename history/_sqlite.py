@@ -25,9 +25,9 @@ import msgspec
 
 from . import _sqlite_queries as q
 from ._codec import decode_event, encode_event, event_type
-from ._cursor import decode_cursor, encode_cursor
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
+from ._listing import page_from, run_query, stored_step
 from ._live import StepNotice
 from ._notify import AppendedListener, Hub
 from ._records import (
@@ -62,6 +62,8 @@ from ._sql import (
     side_inputs,
 )
 from ._sqlite_claims import by_queue, choose
+from ._sqlite_listing import list_runs_args
+from ._sqlite_metrics import SqliteMetrics
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -139,7 +141,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore:
+class SqliteStore(SqliteMetrics):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -362,7 +364,7 @@ class SqliteStore:
         row = db.execute(
             q.CREATE_RUN,
             (new.id, new.workflow, bytes(new.input), new.queue, new.priority, new.parent_id,
-             _us_or_none(new.wake_at), now, new.continued_from, new.dedup_key),
+             _us_or_none(new.wake_at), now, new.continued_from, new.dedup_key, new.trace_context),
         ).fetchone()  # fmt: skip
         if row is None:
             return _run(db.execute(q.GET_EXISTING, (new.id, new.dedup_key)).fetchone()), False
@@ -382,24 +384,23 @@ class SqliteStore:
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (creation time, then id), filtered, keyset-paginated."""
-        args: list[Any] = [limit + 1]  # one more than asked tells whether there is a next page
-        if workflow is not None:
-            args.append(workflow)
-        if status is not None:
-            args.append(status)
-        if cursor is not None:
-            created_at, run_id = decode_cursor(cursor)
-            args += [_us(created_at), run_id]
-        sql = q.list_runs(workflow is not None, status is not None, cursor is not None)
-        runs = await self._call(self._list_runs, sql, args)
-        page = runs[:limit]
-        more = len(runs) > limit and page
-        return RunPage(runs=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        sql, args = list_runs_args(query)
+        return page_from(query, await self._call(self._list_runs, sql, args))
 
     def _list_runs(self, sql: str, args: list[Any]) -> list[RunRecord]:
         return [_run(row) for row in self._connection().execute(sql, args)]
@@ -439,12 +440,13 @@ class SqliteStore:
     def _lease(
         db: sqlite3.Connection, now: int, worker_id: str, names: bytes, limit: int, lease_us: int, queue: str | None
     ) -> list[Claim]:
-        ids = choose(db, now, names, limit, queue)
+        due = choose(db, now, names, limit, queue)
+        ids = list(due)
         runs = [_run(db.execute(q.LEASE, (worker_id, now + lease_us, now, run_id)).fetchone()) for run_id in ids]
         histories: dict[str, list[RecordedEvent]] = {run_id: [] for run_id in ids}
         for run_id, seq, at, data in db.execute(q.READ_HISTORIES, (_json.encode(ids),)):
             histories[run_id].append(RecordedEvent(seq, _time(at), decode_event(data)))
-        return [Claim(run=run, history=histories[run.id]) for run in runs]
+        return [Claim(run=run, history=histories[run.id], due_at=_time(due[run.id])) for run in runs]
 
     async def append(self, batch: Sequence[Append]) -> list[Exception | None]:
         """Apply each append if its writer holds the lease and starts at the next sequence number.
@@ -482,7 +484,7 @@ class SqliteStore:
                 q.APPEND_RUN,
                 (item.status, len(item.events), now, item.result, encode_error(item.error), finished,
                  _us_or_none(item.wake_at), finished or item.release, item.run_id, item.worker_id, item.epoch,
-                 item.first_seq, item.state),
+                 item.first_seq, item.state, stored_step(item.current_step)),
             ).rowcount  # fmt: skip
             if updated != 1:
                 outcomes.append(_refusal(db, now, item))

@@ -18,10 +18,11 @@ def by_queue(args: tuple[Any, ...], queue: str | None) -> tuple[Any, ...]:
     return args if queue is None else (*args, queue)
 
 
-def choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: str | None) -> list[str]:
-    """The ids of the runs to claim, in claim order, chosen as ``MemoryStore.claim`` does: the ready runs of every
-    queue by priority then due time, skipping those a limited queue cannot take now (no room left under its
-    global concurrency; for a first start, no start left under its rate limit), up to ``limit``.
+def choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: str | None) -> dict[str, int]:
+    """The ids of the runs to claim, in claim order, each with the due time it was ordered by (microseconds), chosen
+    as ``MemoryStore.claim`` does: the ready runs of every queue by priority then due time, skipping those a limited
+    queue cannot take now (no room left under its global concurrency; for a first start, no start left under its
+    rate limit), up to ``limit``.
 
     Runs of queues neither paused nor limited come from one statement; each limited queue with ready runs adds
     its first ``limit`` of each kind (never started, started before, expired lease): enough, since no more than
@@ -50,8 +51,8 @@ def choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: st
         allowance[name] = (room, starts)
         candidates += found
     candidates.sort(key=lambda c: (-c[2], c[3], c[4], c[0]))  # priority, due time, creation, id
-    chosen: list[str] = []
-    for run_id, run_queue, _priority, _due, _created, fresh in candidates:
+    chosen: dict[str, int] = {}
+    for run_id, run_queue, _priority, due, _created, fresh in candidates:
         if len(chosen) >= limit:
             break
         if run_queue in allowance:
@@ -59,5 +60,5 @@ def choose(db: sqlite3.Connection, now: int, names: bytes, limit: int, queue: st
             if room <= 0 or (fresh and starts <= 0):
                 continue
             allowance[run_queue] = (room - 1, starts - 1 if fresh else starts)
-        chosen.append(run_id)
+        chosen[run_id] = due
     return chosen

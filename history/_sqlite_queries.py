@@ -16,7 +16,7 @@ FINISHED = "('completed', 'failed', 'cancelled', 'continued')"
 RUN_COLUMNS = (
     "id, workflow, status, input, created_at, updated_at, next_seq, lease_epoch, queue, priority, result, error, "
     "started_at, finished_at, wake_at, lease_owner, lease_expires_at, cancel_reason, blocked, parent_id, state, "
-    "continued_from, dedup_key"
+    "continued_from, dedup_key, trace_context, current_step"
 )
 """The columns of ``durable_runs`` in the field order of ``RunRecord`` (checked at import by ``_sqlite``)."""
 
@@ -38,13 +38,13 @@ RECORD_VERSION = "INSERT INTO durable_schema_version (version, name, applied_at)
 
 # --- runs ----------------------------------------------------------------------------------------------------
 
-# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from, ?10 dedup_key); no row when the id exists
-# already or an unfinished run has the dedup key ("ON CONFLICT DO NOTHING" covers the primary key and the unique
-# index durable_runs_dedup): then GET_EXISTING.
+# Create a run (?1 id … ?7 wake_at, ?8 now, ?9 continued_from, ?10 dedup_key, ?11 trace_context); no row when
+# the id exists already or an unfinished run has the dedup key ("ON CONFLICT DO NOTHING" covers the primary key
+# and the unique index durable_runs_dedup): then GET_EXISTING.
 CREATE_RUN = f"""
 INSERT INTO durable_runs (id, workflow, status, input, created_at, updated_at, next_seq, queue, priority,
-                          parent_id, wake_at, continued_from, dedup_key)
-VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9, ?10)
+                          parent_id, wake_at, continued_from, dedup_key, trace_context)
+VALUES (?1, ?2, 'pending', ?3, ?8, ?8, 2, ?4, ?5, ?6, ?7, ?9, ?10, ?11)
 ON CONFLICT DO NOTHING
 RETURNING {RUN_COLUMNS}"""
 
@@ -196,7 +196,7 @@ RETURNING {RUN_COLUMNS}"""
 
 # Apply one append's row update if its fence holds: worker ?10 with epoch ?11 holds a live lease at time ?3 and
 # the history's next event is ?12. ?6 is "the run finishes", ?8 "the lease is given up", ?13 the new state
-# (NULL: unchanged). Mirrors MemoryStore._apply.
+# (NULL: unchanged), ?14 the current step (NULL: unchanged, '': cleared). Mirrors MemoryStore._apply.
 APPEND_RUN = """
 UPDATE durable_runs
 SET status = coalesce(?1, status),
@@ -209,7 +209,8 @@ SET status = coalesce(?1, status),
     wake_at = CASE WHEN ?6 THEN NULL ELSE ?7 END,
     lease_owner = CASE WHEN ?8 THEN NULL ELSE lease_owner END,
     lease_expires_at = CASE WHEN ?8 THEN NULL ELSE lease_expires_at END,
-    state = coalesce(?13, state)
+    state = coalesce(?13, state),
+    current_step = CASE WHEN ?6 THEN NULL ELSE nullif(coalesce(?14, current_step), '') END
 WHERE id = ?9 AND lease_owner = ?10 AND lease_epoch = ?11 AND lease_expires_at > ?3 AND next_seq = ?12"""
 
 # Why an append was refused: the run's lease and next_seq.

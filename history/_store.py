@@ -13,12 +13,13 @@ suite in ``tests/test_store_contract.py`` against every backend:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ._events import RecordedEvent
 from ._live import StepNotice
+from ._metrics import RunStats
 from ._notify import AppendedListener, Hub
 from ._records import (
     UNSET,
@@ -69,11 +70,23 @@ class Store(Protocol):
         self,
         *,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
     ) -> RunPage:
-        """Runs newest first (by creation time, then id), filtered, with keyset pagination."""
+        """Runs matching every filter given, in ``order_by`` (then id), ``limit`` at a time; pass a page's
+        ``next_cursor`` as ``cursor`` for the next. ``status``: one or several; ``current_step``: one of the
+        names in the run's ``current_step``; ``started_after <= created_at < started_before``; ``search``: the
+        run id or dedup key starts with it; ``order_by``: ``created_at``, ``started_at``, ``finished_at`` or
+        ``updated_at``, ``-`` for newest first (runs without that time are not listed). Raises ``ValueError`` for
+        bad arguments or a cursor of another order. See ``history._listing``."""
 
     async def read_history(self, run_id: str, after_seq: int = 0) -> list[RecordedEvent]:
         """The run's events with ``seq > after_seq`` in order, in one round trip."""
@@ -170,6 +183,22 @@ class Store(Protocol):
 
     async def queue_stats(self, name: str) -> QueueStats:
         """Counts of the queue's unfinished runs by state, its oldest pending age, and its settings."""
+
+    # -- metrics and retention ----------------------------------------------------------------------------------
+
+    async def run_metrics(self, workflow: str | None, since: datetime) -> list[RunStats]:
+        """Counts and durations of the runs created at or after ``since`` (definitions: ``history._metrics``):
+        with ``workflow``, one ``RunStats`` for it; without, the total first (``workflow`` None), then one per
+        workflow with runs in the period, by name. Computed by the database where there is one."""
+
+    async def count_finished(self, before: Mapping[str, datetime]) -> dict[str, int]:
+        """How many runs ``delete_finished(before)`` would delete in all (every batch), by status."""
+
+    async def delete_finished(self, before: Mapping[str, datetime], *, limit: int) -> dict[str, int]:
+        """Delete up to ``limit`` runs whose status is a key of ``before`` (finished statuses only, else
+        ``ValueError``) and that finished before its cut-off, with every row of theirs (history, inbox, inputs),
+        in one short transaction; return how many of each status went. Unfinished runs are never touched.
+        Runs another transaction holds locked are skipped, so concurrent jobs share the work."""
 
     # -- live events (engine.subscribe) -------------------------------------------------------------------------
 

@@ -206,6 +206,14 @@ class WorldMixin:
         """Whether the code waits for a message or an awaited child (the driver then reads the run's inbox)."""
         return bool(self._waiters or self._children)
 
+    @property
+    def waits(self) -> list[str]:
+        """What the code waits for from the world, oldest first: ``event:<name>``, ``input:<key>``,
+        ``child:<run id>`` (``durable`` shows it as a run's ``current_step``)."""
+        labels = [f"{waiter.kind}:{waiter.name}" for waiter in self._waiters]
+        labels += [f"child:{request.child_id}" for request, _, _ in self._children.values()]
+        return labels
+
     def child_command(self, child_id: str) -> int | None:
         """The command id of the awaited child ``child_id`` (or of a run it continued as), if still awaited."""
         root = child_id.split("~", 1)[0]

@@ -36,6 +36,8 @@ def test_dependencies_point_one_way() -> None:
 def test_third_party_libraries_are_each_imported_in_one_place() -> None:
     every = {**_imports("history"), **_imports("replay"), **_imports("durable")}
     assert sorted(p for p, names in every.items() if "asyncpg" in names) == ["history/_postgres.py"]
+    # STYLE.md: OpenTelemetry in one module of durable/ (and never in replay/ or history/: replay emits no spans).
+    assert sorted(p for p, names in every.items() if "opentelemetry" in names) == ["durable/_telemetry.py"]
     assert not [p for p, names in every.items() if "pickle" in names]
 
 
@@ -51,6 +53,7 @@ def test_public_names_are_pinned() -> None:
         "Cancelled", "ChildHandle", "ChildWorkflowFailed", "InputAlreadyProvided", "InputNotPending",
         "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished",
         "WaitTimeout", "WorkflowTimeout",
+        "CleanupReport", "Retention", "RunMetrics",
         "RunEvent", "Subscription",  # live events (engine.subscribe)
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
         "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",

@@ -51,6 +51,7 @@ from history import (
 
 from .conftest import with_database
 from .test_store_contract import append, claim_one, new_run, now, raw, start, step
+from .test_store_databases import VERSIONS
 
 NewStore = Callable[..., Awaitable[Store]]
 LATER = timedelta(hours=1)
@@ -681,7 +682,7 @@ async def test_a_postgres_database_at_schema_1_upgrades_keeping_its_runs(postgre
                 await conn.execute("INSERT INTO durable_events VALUES ($1, 1, now(), 'run_started', $2)", run_id, event)
         finally:
             await conn.close()
-        assert await PostgresStore(url).upgrade() == _versions_after(1, "postgres")
+        assert await PostgresStore(url).upgrade() == VERSIONS[1:]
         store = history.open_store(url)
         await store.open()
         try:
@@ -715,7 +716,7 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
             db.execute("INSERT INTO durable_events VALUES (?, 1, ?, 'run_started', ?)", (run_id, t, event))
     finally:
         db.close()
-    assert await SqliteStore(url).upgrade() == _versions_after(1, "sqlite")
+    assert await SqliteStore(url).upgrade() == VERSIONS[1:]
     store = history.open_store(url)
     await store.open()
     try:
@@ -731,10 +732,3 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
     finally:
         db.close()
 
-
-def _versions_after(version: int, dialect: str) -> list[int]:
-    """The schema versions an upgrade from ``version`` applies: every later one shipped (not pinned: later
-    migrations are added)."""
-    from history._sql import load_migrations
-
-    return [m.version for m in load_migrations(dialect) if m.version > version]
