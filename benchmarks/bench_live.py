@@ -1,5 +1,5 @@
 """What live event streams cost the step path on PostgreSQL: ``Store.append`` of a plain step with the
-``durable_events_appended`` trigger (migration 0004_live) while nobody subscribes (its WHEN condition, a shared
+``durable_events_appended`` trigger (migration 0007_live) while nobody subscribes (its WHEN condition, a shared
 try of the watch lock, is false: no NOTIFY) and while a subscriber watches (one NOTIFY per run per statement,
 heard by the subscriber's connection), against the same append with the trigger disabled.
 

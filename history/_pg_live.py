@@ -4,7 +4,7 @@ Three NOTIFY channels, heard on the store's LISTEN connection (``_postgres.Postg
 two only once the store has had a subscriber, so that a plain worker is not woken by every other append:
 
 * ``durable_events`` (payload: lines ``"run_id first_seq last_seq"``, one per run): sent by the trigger
-  ``durable_events_appended`` (``migrations/postgres/0004_live.sql``) in every transaction that appends events
+  ``durable_events_appended`` (``migrations/postgres/0007_live.sql``) in every transaction that appends events
   while some process watches, the lines of a statement packed into as few NOTIFYs as fit. Relayed to
   ``hub.notify_appended``; subscribers then read the new events themselves. A process watches by holding the
   advisory lock ``WATCH_LOCK_KEY`` (exclusive, on a connection of its own) while it has subscribers; appends try
@@ -187,7 +187,7 @@ class PostgresLive:
 
     async def _hold_watch_lock(self) -> None:
         """Ask for the watch lock on a connection of its own (it waits while appends hold it shared), then wait
-        until some subscriber holds it: from then on every append notifies (0004_live.sql)."""
+        until some subscriber holds it: from then on every append notifies (0007_live.sql)."""
         if self._watch_conn is None:
             conn = self._watch_conn = await self._open_connection("durable-watch")
             task = asyncio.get_running_loop().create_task(conn.execute(q.TAKE_WATCH_LOCK, q.WATCH_LOCK_KEY))

@@ -638,7 +638,7 @@ MESSAGE_CHANNEL = "durable_message"
 
 EVENTS_CHANNEL = "durable_events"
 """NOTIFY channel: a statement appended events to runs (payload: lines ``"run_id first_seq last_seq"``, one per
-run). Sent by the trigger of 0004_live.sql."""
+run). Sent by the trigger of 0007_live.sql."""
 
 LIVE_CHANNEL = "durable_live"
 """NOTIFY channel: step attempts started (payload: lines, each a ``StepNotice`` as a JSON array). Sent by
@@ -657,7 +657,7 @@ SELECT pg_notify('{LIVE_CHANNEL}', x) FROM unnest($1::text[]) AS x, async_commit
 ANNOUNCE_WATCH = f"SELECT pg_notify('{WATCH_CHANNEL}', '')"
 
 # The advisory lock a subscribing process holds (or waits for) in exclusive mode while it watches, on a connection
-# of its own: the trigger durable_events_appended (0004_live.sql) notifies only while its shared "try" fails.
+# of its own: the trigger durable_events_appended (0007_live.sql) notifies only while its shared "try" fails.
 # ASCII "durlive" read as a number; the same literal is in the migration.
 WATCH_LOCK_KEY = 0x6475726C697665
 

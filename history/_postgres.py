@@ -24,7 +24,7 @@ and the wake-up of a run released to sleep with unread messages, are done by the
 append statement, so an append stays one round trip.
 
 NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``,
-``0004_live.sql``: live events, relayed by the mixin ``_pg_live``)
+``0007_live.sql``: live events, relayed by the mixin ``_pg_live``)
 in the committing transaction, so every writer, in any process, wakes every listener. The writing process also
 wakes its own hub right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's
 pid).
