@@ -1,13 +1,13 @@
 """What live event streams cost the step path on PostgreSQL: ``Store.append`` of a plain step with the
 ``durable_events_appended`` trigger (migration 0007_live) while nobody subscribes (its WHEN condition, a shared
-try of the watch lock, is false: no NOTIFY) and while a subscriber watches (one NOTIFY per run per statement,
-heard by the subscriber's connection), against the same append with the trigger disabled.
+try of the watch lock, is false: no NOTIFY) and while a subscriber watches (the runs of a statement packed into
+NOTIFYs, heard by the subscriber's connection), against the same append with the trigger disabled.
 
 Noise on a shared machine moves a figure by more than the difference sought, so the variants alternate in short
 rounds on one database (``ALTER TABLE … DISABLE TRIGGER`` between rounds) and the figure is the median over
 rounds of each round's median, with the ratio to "no trigger" and the median difference from the "no trigger"
-round just before (paired). Also the Python cost of the worker's step-start
-notice while nobody watches.
+round just before (paired). The same for the ms per step of a 50-step workflow run by an engine and its worker.
+Also the Python cost of the worker's step-start notice while nobody watches.
 
     python benchmarks/bench_live.py [--rounds 15] [--per-round 200] [--url postgresql://…/server_db]
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_store_append import BATCH, _admin, _claims, _step  # type: ignore[import-not-found]
 
+import durable
 import history
 from history import Append, Claim, StepNotice, Store
 
@@ -86,6 +87,53 @@ async def measure(url: str, rounds: int, per_round: int) -> None:
         await store.close()
 
 
+@durable.step(name="bench_live.noop")
+async def noop(i: int) -> int:
+    return i + 1
+
+
+@durable.workflow(name="bench_live_steps")
+async def steps(ctx: durable.WorkflowContext, n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await noop(x)
+    return x
+
+
+async def per_step(url: str, rounds: int) -> None:
+    """ms per step of a 50-step workflow (an engine with its worker, as bench_core's per-step figure), the
+    variants alternating by round."""
+    figures: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    async with durable.Engine(url, workflows=[steps]) as engine:
+        watcher = history.open_store(url)
+        await watcher.open()
+        try:
+            await (await engine.start(steps, 50)).result(timeout=60)  # warm up
+            for _ in range(rounds):
+                for variant in VARIANTS:
+                    enabled = "DISABLE" if variant == "no trigger" else "ENABLE"
+                    await _admin(url, f"ALTER TABLE durable_events {enabled} TRIGGER durable_events_appended")
+                    stop = None
+                    if variant == "trigger, watched":
+                        stop = await watcher.subscribe_live(lambda *_: None, lambda _: None)
+                    times = []
+                    for _ in range(3):
+                        started = time.perf_counter()
+                        await (await engine.start(steps, 50)).result(timeout=60)
+                        times.append((time.perf_counter() - started) * 1000 / 50)
+                    figures[variant].append(statistics.median(times))
+                    if stop is not None:
+                        stop()
+        finally:
+            await watcher.close()
+    base = statistics.median(figures["no trigger"])
+    for variant in VARIANTS:
+        median = statistics.median(figures[variant])
+        paired = statistics.median(a - b for a, b in zip(figures[variant], figures["no trigger"], strict=True))
+        print(f"  per step (50-step workflow), {variant:<18} median {median:6.3f} ms ({median / base:5.3f}x), "
+              f"paired difference {paired * 1000:+6.1f} µs")  # fmt: skip
+
+
 def notice_cost() -> None:
     """µs of the worker's per-step call while nobody watches (builds the notice, finds nobody to tell)."""
     store = history.MemoryStore()
@@ -110,7 +158,9 @@ async def main() -> None:
     await _admin(args.url, f'CREATE DATABASE "{name}"')
     try:
         print(f"PostgreSQL ({args.url}, fresh database {name}), {args.rounds} rounds of {args.per_round}:")
-        await measure(urlunsplit(urlsplit(args.url)._replace(path=f"/{name}")), args.rounds, args.per_round)
+        url = urlunsplit(urlsplit(args.url)._replace(path=f"/{name}"))
+        await measure(url, args.rounds, args.per_round)
+        await per_step(url, args.rounds)
     finally:
         await _admin(args.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     notice_cost()
