@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import durable
+import history
 from durable import RunEvent
 from durable._subscribe import Subscription
 from history import (
@@ -375,7 +376,7 @@ def test_watch_prints_a_finished_runs_events_and_exits(tmp_path: Path, capsys: p
 @pytest.mark.postgres
 async def test_watch_shows_a_running_step_live_from_another_process(postgres_url: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    async with durable.Engine(postgres_url, workflows=WORKFLOWS) as engine:
+    async with durable.Engine(postgres_url, worker=False, workflows=WORKFLOWS) as engine:
         handle = await engine.start(wf_live.live_tour, str(gate))
         watch = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "durable", "--database-url", postgres_url, "watch", handle.id,
@@ -384,9 +385,18 @@ async def test_watch_shows_a_running_step_live_from_another_process(postgres_url
         )  # fmt: skip
         assert watch.stdout is not None
         lines: list[str] = []
+        worker_store = history.open_store(postgres_url)
+        worker: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(TIMEOUT):
-                while not lines or not lines[-1].startswith("run "):
+                # `durable watch` says "Watching" once it watches; a worker whose store opens after that sends
+                # step starts from its first step (it looks for the watch when it opens).
+                lines.append((await watch.stdout.readline()).decode().rstrip("\n"))
+                assert lines[0] == f"Watching run {handle.id} (Ctrl-C to stop)"
+                await worker_store.open()
+                running = durable.Worker(worker_store, {wf.name: wf for wf in WORKFLOWS})
+                worker = asyncio.get_running_loop().create_task(running.run())
+                while not lines[-1].startswith("run "):
                     line = (await watch.stdout.readline()).decode()
                     assert line, f"durable watch exited early: {lines}"
                     lines.append(line.rstrip("\n"))
@@ -400,9 +410,13 @@ async def test_watch_shows_a_running_step_live_from_another_process(postgres_url
             if watch.returncode is None:
                 watch.kill()
                 await watch.wait()
+            if worker is not None:
+                running.stop()
+                await worker
+            await worker_store.close()
     assert lines[-1] == f"run {handle.id} ended: completed"
-    [running] = [line for line in lines if "live.gated" in line and "step_started" in line]
-    assert running.split()[0] == "·"  # not recorded yet when printed
+    [started] = [line for line in lines if "live.gated" in line and "step_started" in line]
+    assert started.split()[0] == "·"  # not recorded yet when printed
 
 
 async def test_leaving_a_plain_async_for_stops_listening(engine: durable.Engine) -> None:
