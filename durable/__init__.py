@@ -16,6 +16,7 @@ from ._queues import Queues
 from ._retention import CleanupReport, Retention
 from ._retry import Retry
 from ._step_context import StepInfo, current_step
+from ._subscribe import RunEvent, Subscription
 from ._worker import Worker
 from .errors import (
     Cancelled,
@@ -78,6 +79,7 @@ __all__ = [
     "Retention",
     "Retry",
     "RunAlreadyFinished",
+    "RunEvent",
     "RunHandle",
     "RunMetrics",
     "RunNotFound",
@@ -87,6 +89,7 @@ __all__ = [
     "StepInfo",
     "StepView",
     "StoreError",
+    "Subscription",
     "UnknownWorkflowError",
     "WaitTimeout",
     "Worker",

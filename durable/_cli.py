@@ -1,6 +1,7 @@
 """The ``durable`` command line: ``worker``, ``start``, ``show``, ``list``, ``cancel``, ``db upgrade``, ``demo``,
-(from ``_cli_history``) ``history`` and ``replay``, (from ``_cli_world``) ``send-event`` and ``inputs``, and (from
-``_cli_logs``) ``logs``.
+(from ``_cli_history``) ``history`` and ``replay``, (from ``_cli_world``) ``send-event`` and ``inputs``, (from
+``_cli_queues``) ``queues``, (from ``_cli_list``) ``list``, (from ``_cli_logs``) ``logs``, (from ``_cli_watch``)
+``watch``, (from ``_cli_stats``) ``stats`` and (from ``_cli_cleanup``) ``cleanup``.
 
 Every command returns an exit code from ``main``; bad input (an unknown workflow or run, invalid JSON, a
 database that is down, a module that fails to import) is reported in one paragraph on stderr, and only
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _global_options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add = functools.partial(sub.add_parser, parents=[common])
-    from . import _cli_history, _cli_list, _cli_logs, _cli_queues, _cli_world  # they import this module: hence here
+    # they import this module: hence here
+    from . import _cli_cleanup, _cli_history, _cli_list, _cli_logs, _cli_queues, _cli_stats, _cli_watch, _cli_world
 
     _add_worker(add)
     _add_start(add)
@@ -134,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_world.add_commands(add, [common])  # send-event, inputs list/provide
     _cli_queues.add_commands(add, [common])  # queues list/stats/pause/resume/set
     _cli_logs.add_commands(add, [common])  # logs
-    from . import _cli_cleanup, _cli_stats
-
+    _cli_watch.add_commands(add, [common])  # watch
     _cli_stats.add_commands(add, [common])  # stats
     _cli_cleanup.add_commands(add, [common])  # cleanup
     return parser

@@ -42,6 +42,7 @@ from history import (
     RunContinued,
     RunFailed,
     StepCompleted,
+    StepNotice,
     StepScheduled,
     TimerFired,
     encode_payload,
@@ -242,11 +243,15 @@ class RunDriver:
         return min(times, default=None)
 
     def _start_due_steps(self, now: datetime) -> None:
+        started: list[StepNotice] = []
         for cid, step in list(self._waiting.items()):
             if step.not_before is None or step.not_before <= now:
                 del self._waiting[cid]
                 task = asyncio.get_running_loop().create_task(self._attempt(step))
                 self._running[cid] = task
+                started.append(StepNotice(self.run_id, self.run.workflow, cid, step.name, step.attempt, now))
+        if started:  # live-only: StepScheduled is recorded with the outcome (engine.subscribe shows it running)
+            self.worker.store.notify_step_started(started)
 
     def _collect_due_timers(self) -> None:
         now = self.worker.clock()

@@ -32,6 +32,7 @@ from ._logs import LogLimits, check_log_query, read_all_logs, with_logs
 from ._metrics import MetricsClient
 from ._queues import Queues
 from ._retention import Retention, RetentionClient
+from ._subscribe import SubscribeClient
 from ._telemetry import Telemetry
 from ._worker import Worker, check_queues
 from .errors import DurableError, ResultTimeout, WorkflowCancelled, WorkflowFailed
@@ -109,7 +110,7 @@ class RunHandle:
         return f"<RunHandle {self.workflow} {self.id}>"
 
 
-class Engine(WorldClient, MetricsClient, RetentionClient):
+class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
     """Start and inspect workflow runs; by default also execute them with an in-process worker.
 
     Args:

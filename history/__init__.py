@@ -46,6 +46,7 @@ from ._events import (
     TimerStarted,
     ValueRecorded,
 )
+from ._live import StepNotice
 from ._logs import MAX_LINE_CHARS, clean_text, line_from_record
 from ._memory import MemoryStore
 from ._metrics import RunStats
@@ -138,6 +139,7 @@ __all__ = [
     "StateUpdated",
     "StepCompleted",
     "StepFailed",
+    "StepNotice",
     "StepScheduled",
     "Store",
     "StoreError",

@@ -21,9 +21,10 @@ from ._errors import (
 )
 from ._events import RecordedEvent
 from ._listing import page_of, run_query
+from ._live import StepNotice
 from ._logs import select_lines
 from ._memory_metrics import MemoryMetrics
-from ._notify import Hub
+from ._notify import AppendedListener, Hub
 from ._records import (
     FINISHED_STATUSES,
     PENDING,
@@ -80,6 +81,7 @@ class MemoryStore(MemoryMetrics):
             run, created = self._create_run(new)
         if created:
             self.hub.notify_work()
+            self.hub.notify_appended(run.id, 1, 1)
         return run, created
 
     async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
@@ -88,6 +90,9 @@ class MemoryStore(MemoryMetrics):
             results = [self._create_run(new) for new in news]
         if any(created for _, created in results):
             self.hub.notify_work()
+            for run, created in results:
+                if created:
+                    self.hub.notify_appended(run.id, 1, 1)
         return results
 
     def _create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
@@ -238,6 +243,7 @@ class MemoryStore(MemoryMetrics):
         outcomes: list[Exception | None] = []
         finished: list[str] = []
         messaged: list[str] = []
+        grown: list[Append] = []
         wake = False
         async with self._lock:
             now = self.clock()
@@ -265,12 +271,16 @@ class MemoryStore(MemoryMetrics):
                 if item.logs:
                     self._add_logs(item.logs)
                 outcomes.append(None)
+                if item.events:
+                    grown.append(item)
                 if item.status in FINISHED_STATUSES:
                     finished.append(item.run_id)
                     if run.parent_id is not None and self._child_message(run, now):
                         messaged.append(run.parent_id)
                 elif item.release:
                     wake = True
+        for item in grown:
+            self.hub.notify_appended(item.run_id, item.first_seq + len(item.events) - 1, item.first_seq)
         for run_id in finished:
             self.hub.notify_finished(run_id)
         for run_id in messaged:
@@ -423,6 +433,18 @@ class MemoryStore(MemoryMetrics):
     async def known_workflows(self) -> set[str]:
         """Every name any worker registered."""
         return set().union(*self._workflows.values()) if self._workflows else set()
+
+    # -- live events ------------------------------------------------------------------------------------------
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Hand the notices to this process's subscribers (there are no others)."""
+        self.hub.notify_step_started(notices)
+
+    async def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """Listen to the appends and step starts of this process (there are no others)."""
+        return self.hub.subscribe_live(on_appended, on_step_started)
 
     # -- waiting on the world -----------------------------------------------------------------------------------
 

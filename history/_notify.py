@@ -1,15 +1,23 @@
-"""In-process wake-ups: "there is work" for workers, "run X finished" for callers awaiting a result.
+"""In-process wake-ups: "there is work" for workers, "run X finished" for callers awaiting a result, and the
+fan-out of live events ("run X has new events", "a step attempt started") for subscribers.
 
-A store calls ``notify_work``/``notify_finished`` after its own commits; the Postgres store also relays NOTIFYs
-from other processes. Waiters always re-check the database after waking, so a lost wake-up costs at most the
-waiter's poll interval, never a run.
+A store calls ``notify_work``/``notify_finished``/``notify_appended`` after its own commits; the Postgres store
+also relays NOTIFYs from other processes. Waiters always re-check the database after waking, so a lost wake-up
+costs at most the waiter's poll interval, never a run (a subscriber re-reads the history after the last event it
+saw, so it never misses or repeats an event either).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from ._live import StepNotice
+
+AppendedListener = Callable[[str, int, "int | None"], None]
+"""``(run_id, last_seq, first_seq)``: the run's history grew to ``last_seq``, from ``first_seq`` (``None``:
+not known) on."""
 
 
 class WorkSignal:
@@ -45,6 +53,8 @@ class Hub:
         self._work: set[WorkSignal] = set()
         self._finished: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._message_listeners: list[Callable[[str], None]] = []
+        self._appended_listeners: list[AppendedListener] = []
+        self._step_listeners: list[Callable[[StepNotice], None]] = []
 
     def subscribe_work(self) -> WorkSignal:
         """A new subscription to work notifications."""
@@ -89,3 +99,41 @@ class Hub:
                 if not waiters:
                     del self._finished[run_id]
         return True
+
+    # -- live events ---------------------------------------------------------------------------------------
+
+    def on_appended(self, listener: AppendedListener) -> Callable[[], None]:
+        """Call ``listener(run_id, last_seq, first_seq)`` whenever events are appended to a run (in this process,
+        or relayed from others); returns a function that unsubscribes."""
+        self._appended_listeners.append(listener)
+        return lambda: self._appended_listeners.remove(listener)
+
+    def notify_appended(self, run_id: str, last_seq: int, first_seq: int | None = None) -> None:
+        """Tell subscribers that ``run_id``'s history now ends at ``last_seq`` (the new events start at
+        ``first_seq``). Free when nobody subscribes: stores call it after every commit that adds events."""
+        if self._appended_listeners:
+            for listener in list(self._appended_listeners):
+                listener(run_id, last_seq, first_seq)
+
+    def on_step_started(self, listener: Callable[[StepNotice], None]) -> Callable[[], None]:
+        """Call ``listener(notice)`` for every step attempt that starts; returns a function that unsubscribes."""
+        self._step_listeners.append(listener)
+        return lambda: self._step_listeners.remove(listener)
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Hand step-start notices to this process's listeners."""
+        for listener in list(self._step_listeners):
+            for notice in notices:
+                listener(notice)
+
+    def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """``on_appended`` and ``on_step_started`` together; returns one function that unsubscribes both (once)."""
+        stops = [self.on_appended(on_appended), self.on_step_started(on_step_started)]
+
+        def stop() -> None:
+            while stops:
+                stops.pop()()
+
+        return stop

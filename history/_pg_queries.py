@@ -647,3 +647,42 @@ FINISHED_CHANNEL = "durable_finished"
 
 MESSAGE_CHANNEL = "durable_message"
 """NOTIFY channel: a run got an inbox message (payload: its id). Sent by the trigger of 0002_waiting.sql."""
+
+# --- live events (_pg_live) -----------------------------------------------------------------------------------
+
+EVENTS_CHANNEL = "durable_events"
+"""NOTIFY channel: a statement appended events to runs (payload: lines ``"run_id first_seq last_seq"``, one per
+run). Sent by the trigger of 0008_live.sql."""
+
+LIVE_CHANNEL = "durable_live"
+"""NOTIFY channel: step attempts started (payload: lines, each a ``StepNotice`` as a JSON array). Sent by
+``NOTIFY_LIVE``."""
+
+WATCH_CHANNEL = "durable_watch"
+"""NOTIFY channel: a process watches step starts (empty payload). Sent by ``ANNOUNCE_WATCH``."""
+
+# Send step-start notices $1 (payloads), one NOTIFY each. Committed without waiting for the WAL flush: a notice is
+# not data, and NOTIFY would otherwise make this read-only statement wait for an fsync.
+NOTIFY_LIVE = f"""
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+SELECT pg_notify('{LIVE_CHANNEL}', x) FROM unnest($1::text[]) AS x, async_commit"""
+
+# Tell every worker that this process watches step starts (they send notices for WATCH_TTL seconds).
+ANNOUNCE_WATCH = f"SELECT pg_notify('{WATCH_CHANNEL}', '')"
+
+# The advisory lock a subscribing process holds (or waits for) in exclusive mode while it watches, on a connection
+# of its own: the trigger durable_events_appended (0008_live.sql) notifies only while its shared "try" fails.
+# ASCII "durlive" read as a number; the same literal is in the migration.
+WATCH_LOCK_KEY = 0x6475726C697665
+
+# Hold WATCH_LOCK_KEY for the session (waits while appends hold it shared, or another subscriber holds it).
+TAKE_WATCH_LOCK = "SELECT pg_advisory_lock($1)"
+
+# Whether some session holds WATCH_LOCK_KEY $1 (exclusive, granted) in this database: every append notifies then.
+WATCH_LOCK_HELD = """
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = ($1::bigint >> 32)::oid AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1
+      AND mode = 'ExclusiveLock' AND granted
+)"""

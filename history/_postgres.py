@@ -25,7 +25,8 @@ and the wake-up of a run released to sleep with unread messages, are done by the
 ``durable_runs_finished`` and ``durable_runs_released`` (``migrations/postgres/0002_waiting.sql``) inside the
 append statement, so an append stays one round trip.
 
-NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``)
+NOTIFYs are sent by triggers (``migrations/postgres/0001_init.sql``, ``0002_waiting.sql``, ``0003_queues.sql``,
+``0008_live.sql``: live events, relayed by the mixin ``_pg_live``)
 in the committing transaction, so every writer, in any process, wakes every listener. The writing process also
 wakes its own hub right after commit and ignores the echo of its own NOTIFYs (recognised by the sending backend's
 pid).
@@ -48,6 +49,7 @@ from ._events import RecordedEvent
 from ._listing import page_from, run_query, stored_step
 from ._notify import Hub
 from ._pg_listing import list_runs_args
+from ._pg_live import LIVE_CHANNELS, PostgresLive
 from ._pg_logs import PostgresLogs, log_args
 from ._pg_metrics import PostgresMetrics
 from ._records import (
@@ -133,7 +135,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore(PostgresMetrics, PostgresLogs):
+class PostgresStore(PostgresMetrics, PostgresLogs, PostgresLive):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -167,6 +169,7 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
         self._closing = False
         self._own_pids: set[int] = set()
         self._migrations = load_migrations("postgres")
+        self._live_init()
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
                 await self._migrate(conn)
             if self._listen_enabled:
                 await self._listen()
+                await self._learn_watch()
         except BaseException:
             await self.close()
             raise
@@ -217,6 +221,7 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closing = True
+        await self._live_close()
         if self._relisten_task is not None:
             self._relisten_task.cancel()
             await asyncio.gather(self._relisten_task, return_exceptions=True)
@@ -302,19 +307,22 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
 
     # --- notifications ----------------------------------------------------------------------------------------
 
+    async def _open_connection(self, name: str) -> Any:
+        """A connection of its own, outside the pool, named ``name`` in ``pg_stat_activity``."""
+        server_settings = {**_SESSION, "application_name": name}
+        return await self._connecting(
+            lambda: asyncpg.connect(self._dsn, timeout=self._connect_timeout, server_settings=server_settings)
+        )
+
     async def _listen(self) -> None:
         """Open the dedicated LISTEN connection (a pooled one would be handed to queries)."""
-        conn = await self._connecting(
-            lambda: asyncpg.connect(
-                self._dsn,
-                timeout=self._connect_timeout,
-                server_settings={**_SESSION, "application_name": "durable-listen"},
-            )
-        )
+        conn = await self._open_connection("durable-listen")
         try:
             await conn.add_listener(q.WORK_CHANNEL, self._on_notify)
             await conn.add_listener(q.FINISHED_CHANNEL, self._on_notify)
             await conn.add_listener(q.MESSAGE_CHANNEL, self._on_notify)
+            for channel in self._live_channels():
+                await conn.add_listener(channel, self._on_notify)
         except BaseException:
             await conn.close()
             raise
@@ -324,7 +332,9 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
     def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
         if pid in self._own_pids:  # our own commit: the hub was woken right after it
             return
-        if channel == q.FINISHED_CHANNEL:
+        if channel in LIVE_CHANNELS:
+            self._on_live_notify(channel, payload)
+        elif channel == q.FINISHED_CHANNEL:
             self.hub.notify_finished(payload)
         elif channel == q.MESSAGE_CHANNEL:
             self.hub.notify_message(payload)
@@ -365,9 +375,11 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
                 new.wake_at, started, new.continued_from, new.dedup_key, new.trace_context,
             )  # fmt: skip
             if row is not None:
+                run = _run(row[1:])
                 if row[0]:
                     self.hub.notify_work()
-                return _run(row[1:]), row[0]
+                    self._created([(run, True)])
+                return run, row[0]
             # A concurrent create of this id or key committed after our statement's snapshot: read it now.
             existing = await self._db.fetchrow(q.GET_EXISTING, new.id, new.dedup_key)
             if existing is not None:
@@ -399,6 +411,7 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
                     log.info("a batch of creates deadlocked with another; retrying it")
         if any(created for _, created in results):
             self.hub.notify_work()
+            self._created(results)
         return results
 
     @staticmethod
@@ -552,7 +565,10 @@ class PostgresStore(PostgresMetrics, PostgresLogs):
         for index, item in zip(indexes, items, strict=True):
             if item.run_id not in applied:
                 outcomes[index] = _refusal(item, fences.get(item.run_id))
-            elif item.status in FINISHED_STATUSES:
+                continue
+            if item.events:
+                self.hub.notify_appended(item.run_id, item.first_seq + len(item.events) - 1, item.first_seq)
+            if item.status in FINISHED_STATUSES:
                 self.hub.notify_finished(item.run_id)
                 parent_id = applied[item.run_id]
                 if parent_id is not None:

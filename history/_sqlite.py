@@ -28,7 +28,8 @@ from ._codec import decode_event, encode_event, event_type
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
 from ._listing import page_from, run_query, stored_step
-from ._notify import Hub
+from ._live import StepNotice
+from ._notify import AppendedListener, Hub
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -340,6 +341,7 @@ class SqliteStore(SqliteMetrics, SqliteLogs):
         run, created = await self._write(self._create_run, new)
         if created:
             self.hub.notify_work()
+            self.hub.notify_appended(run.id, 1, 1)
         return run, created
 
     async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
@@ -349,6 +351,9 @@ class SqliteStore(SqliteMetrics, SqliteLogs):
         results = await self._write(self._create_runs, list(news))
         if any(created for _, created in results):
             self.hub.notify_work()
+            for run, created in results:
+                if created:
+                    self.hub.notify_appended(run.id, 1, 1)
         return results
 
     @classmethod
@@ -457,6 +462,8 @@ class SqliteStore(SqliteMetrics, SqliteLogs):
         for item, outcome in zip(batch, outcomes, strict=True):
             if outcome is not None:
                 continue
+            if item.events:
+                self.hub.notify_appended(item.run_id, item.first_seq + len(item.events) - 1, item.first_seq)
             if item.status in FINISHED_STATUSES:
                 self.hub.notify_finished(item.run_id)
             elif item.release:
@@ -501,6 +508,16 @@ class SqliteStore(SqliteMetrics, SqliteLogs):
                     messaged.append(parent_id)
             outcomes.append(None)
         return outcomes, messaged
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Hand the notices to this process's subscribers (other processes see the step when it is recorded)."""
+        self.hub.notify_step_started(notices)
+
+    async def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """Listen to the appends and step starts of this process (other processes are seen by polling)."""
+        return self.hub.subscribe_live(on_appended, on_step_started)
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend the leases still held; report lost ones, requested cancellations and held runs with messages."""

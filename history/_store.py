@@ -13,13 +13,14 @@ suite in ``tests/test_store_contract.py`` against every backend:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ._events import RecordedEvent
+from ._live import StepNotice
 from ._metrics import RunStats
-from ._notify import Hub
+from ._notify import AppendedListener, Hub
 from ._records import (
     UNSET,
     Append,
@@ -217,3 +218,22 @@ class Store(Protocol):
         ``ValueError``) and that finished before its cut-off, with every row of theirs (history, inbox, inputs),
         in one short transaction; return how many of each status went. Unfinished runs are never touched.
         Runs another transaction holds locked are skipped, so concurrent jobs share the work."""
+
+    # -- live events (engine.subscribe) -------------------------------------------------------------------------
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Tell subscribers that step attempts started: this process's at once (``hub``), other processes' where
+        the backend reaches them (PostgreSQL, batched NOTIFYs, only while some process watches). Best effort and
+        never blocks: a notice is not stored, and a lost one only delays a subscriber's ``step_started`` until
+        the attempt's outcome is recorded. (Appended events are announced by ``hub.notify_appended``, after
+        every commit that adds events, and relayed from other processes on PostgreSQL.)"""
+
+    async def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """From now on, call ``on_appended(run_id, last_seq, first_seq)`` whenever a run's history grows and
+        ``on_step_started(notice)`` whenever a step attempt starts, in this process and, where the backend reaches
+        them (PostgreSQL), in others; returns the function that stops it. Calls may be lost, repeated or
+        coalesced: a subscriber reads the events themselves with ``read_history`` (after the last it saw).
+        On PostgreSQL the first subscription of a store starts listening to the live channels, and workers in
+        other processes send step-start notices once they hear of it (announced before this returns)."""

@@ -54,6 +54,7 @@ def test_public_names_are_pinned() -> None:
         "InputValidationError", "PendingInput", "QueueConfig", "QueueStats", "Queues", "RunAlreadyFinished",
         "WaitTimeout", "WorkflowTimeout", "LogLimits", "LogLine",
         "CleanupReport", "Retention", "RunMetrics",
+        "RunEvent", "Subscription",  # live events (engine.subscribe)
         "DatabaseUnavailable", "DurableError", "Engine", "Execution", "ExecutionPage", "HistoryConflict",
         "HistoryFileError", "LeaseLost", "NonDeterminismError", "NonRetryableError", "PayloadError",
         "PayloadTooLarge", "ResultTimeout", "Retry", "RunHandle", "RunNotFound", "SchemaError", "Step",

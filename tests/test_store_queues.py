@@ -469,3 +469,4 @@ async def test_a_sqlite_database_at_schema_2_upgrades_keeping_its_runs(tmp_path:
         await _check_upgraded(store)
     finally:
         await store.close()
+

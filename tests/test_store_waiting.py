@@ -737,3 +737,4 @@ async def test_a_sqlite_database_at_schema_1_upgrades_keeping_its_runs(tmp_path:
         assert {"durable_runs_ready", "durable_runs_leases", "durable_runs_created", "durable_runs_parent"} <= indexes
     finally:
         db.close()
+
