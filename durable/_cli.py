@@ -102,9 +102,17 @@ def _database_hint(url: str, message: str) -> str:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    """Log to stderr: INFO for the worker (what it serves, what it does), WARNING otherwise, DEBUG with --debug."""
+    """Log to stderr: INFO for the worker (what it serves, what it does), WARNING otherwise, DEBUG with --debug.
+
+    The level is the stderr handler's; the root logger passes INFO and up, so that the INFO records of step
+    bodies and ``ctx.logger`` reach log capture (``durable logs``) in any command that runs workflows (``demo``,
+    ``worker``) without being printed by commands that show WARNING only.
+    """
     level = logging.DEBUG if args.debug else (logging.INFO if args.command is cmd_worker else logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=min(level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 # -- arguments ----------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ a recorded value, and three steps in parallel. Serve it from another process wit
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sys
-import time
 from datetime import datetime, timedelta
 from typing import IO, Any
 
@@ -36,6 +36,9 @@ from ._engine import Engine
 DEMO_ORDER = {"order_id": "A-1001", "items": ["book", "lamp", "mug"], "amount": 42.5}
 """The demo's input; ``durable start process_order --input`` takes the same shape."""
 
+log = logging.getLogger("demo.shop")
+"""The demo steps' logger: what it logs is kept per step attempt (``durable logs <run id>``)."""
+
 _DEMO_TIMEOUT = 30.0
 """The demo's run takes about two seconds; past this, something is wrong and the user is told so."""
 
@@ -48,7 +51,9 @@ class PaymentGatewayTimeout(ConnectionError):
 async def check_inventory(items: list[str]) -> dict[str, int]:
     """Pretend to look the items up in a warehouse."""
     await asyncio.sleep(0.05)
-    return {item: 3 + len(item) for item in items}
+    stock = {item: 3 + len(item) for item in items}
+    log.info("stock checked for %d items", len(items), extra={"stock": stock})
+    return stock
 
 
 @durable.step(retry=durable.Retry(max_attempts=3, backoff="constant", base=0.5))
@@ -60,6 +65,7 @@ async def charge_payment(order_id: str, amount: float) -> str:
     """
     await asyncio.sleep(0.08)
     step = durable.current_step()
+    log.info("charging %s: %.2f", order_id, amount)
     if step is not None and step.attempt == 1:
         raise PaymentGatewayTimeout("payment gateway timed out (on purpose: the demo fails every first attempt)")
     return f"ch_{order_id.lower()}_{int(amount * 100)}"
@@ -69,6 +75,7 @@ async def charge_payment(order_id: str, amount: float) -> str:
 async def ship_item(order_id: str, item: str) -> str:
     """Hand one item to a carrier; the three run at the same time."""
     await asyncio.sleep(0.1 + 0.03 * len(item))
+    log.info("%s handed to the carrier", item)
     return f"{order_id}/{item}: shipped"
 
 
@@ -77,6 +84,7 @@ async def process_order(ctx: durable.WorkflowContext, order: dict[str, Any]) -> 
     """Check stock, charge (retried once), wait a second, ship every item in parallel, return a summary."""
     order_id = str(order.get("order_id", "A-0"))
     items = [str(item) for item in order.get("items", [])]
+    ctx.logger.info("order %s: %d items", order_id, len(items))  # logged once, never again on replay
     stock = await check_inventory(items)
     charge_id = await charge_payment(order_id, float(order.get("amount", 0.0)))
     placed_at = ctx.now()
@@ -115,24 +123,23 @@ async def run_demo(url: str, out: IO[str] = sys.stdout) -> int:
 
 async def _follow(engine: Engine, run_id: str, out: IO[str], style: _format.Style) -> list[RecordedEvent]:
     """Print a line for each step outcome and timer as it is recorded, until the run finishes; return the
-    whole history. Polls the history every 100 ms, reading only the events appended since the last poll."""
-    events: list[RecordedEvent] = []
-    deadline = time.monotonic() + _DEMO_TIMEOUT
-    while time.monotonic() < deadline:
-        new = await engine.store.read_history(run_id, after_seq=events[-1].seq if events else 0)
-        for rec in new:
-            line = _progress_line(rec, events[0].at if events else rec.at, style)
-            if line:
-                print(line, file=out, flush=True)
-        events += new
-        run = await engine.store.get_run(run_id)
-        if run is not None and run.finished and run.next_seq - 1 == len(events):
-            return events
-        await asyncio.sleep(0.1)
-    raise DurableError(
-        f"the demo run {run_id} did not finish within {_DEMO_TIMEOUT:g}s, which it should in about 2 s: see where "
-        f"it stands with `durable show {run_id}`, and please report it"
-    )
+    whole history. Follows the run with ``engine.subscribe``, which ends after the run's last event."""
+    start: datetime | None = None
+    try:
+        async with asyncio.timeout(_DEMO_TIMEOUT), engine.subscribe(run_id) as events:
+            async for change in events:
+                if change.seq is None or change.event is None:  # a live "step started": the outcome will say
+                    continue
+                start = start or change.at
+                line = _progress_line(RecordedEvent(seq=change.seq, at=change.at, event=change.event), start, style)
+                if line:
+                    print(line, file=out, flush=True)
+    except TimeoutError:
+        raise DurableError(
+            f"the demo run {run_id} did not finish within {_DEMO_TIMEOUT:g}s, which it should in about 2 s: see "
+            f"where it stands with `durable show {run_id}`, and please report it"
+        ) from None
+    return list(await engine.get_history(run_id))
 
 
 def _progress_line(rec: RecordedEvent, start: datetime, style: _format.Style) -> str | None:
@@ -171,6 +178,8 @@ def _next_steps(run_id: str, style: _format.Style, url: str) -> str:
     tips = [
         ("durable list", "the runs in this database, newest first"),
         (f"durable show {run_id}", "this run: its steps, result and event history"),
+        (f"durable logs {run_id}", "what its steps (and ctx.logger) logged, per attempt"),
+        ("durable stats", "runs, success rate and p50/p95/p99 durations per workflow"),
         ("durable worker durable._demo", "a worker process serving process_order (stop it with Ctrl-C); then,"),
         (f"durable start process_order --input '{order}' --wait", ""),
         ("", "in another terminal: start a run on that worker and wait for its result"),

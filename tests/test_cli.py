@@ -147,6 +147,21 @@ def test_demo_as_a_process_twice_on_one_database(tmp_path: Path, url: str) -> No
     assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == ids[::-1]  # newest first
 
 
+def test_demo_keeps_what_its_steps_logged_without_printing_it(url: str) -> None:
+    """The demo's steps log at INFO: the demo prints warnings only, yet `durable logs` shows every line, per
+    attempt, and the workflow's own ctx.logger line once."""
+    demo = run_process("--database-url", url, "demo")
+    assert demo.returncode == 0, demo.stderr
+    assert "charging" not in demo.stdout + demo.stderr
+    run_id = next(line.split()[-1] for line in demo.stdout.splitlines() if "run id" in line)
+    logs = run_process("--database-url", url, "logs", run_id)
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert [line.split()[3] for line in lines if "charging A-1001" in line] == ["charge_payment#1", "charge_payment#2"]
+    assert sum("order A-1001: 3 items" in line for line in lines) == 1
+    assert sum("handed to the carrier" in line for line in lines) == 3
+
+
 # -- start / show / list / cancel against a worker process --------------------------------------------------
 
 
