@@ -369,12 +369,15 @@ async def _wait(handle: Any, timeout: float | None, debug: bool) -> int:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's summary, steps and history (or all of it as JSON)."""
+    from ._cli_logs import tail_section
     from ._cli_world import world_sections, world_view
+    from ._logs import MAX_READ
 
     async with Engine(args.database_url, worker=False) as engine:
         execution = await engine.get_execution(args.run_id, include_steps=True)
         events = await engine.get_history(args.run_id)
         world = await world_view(engine, execution)
+        lines = await engine.get_logs(args.run_id, limit=MAX_READ)
     if args.json:  # payloads stay as stored
         document = msgspec.json.encode({"execution": execution, **world.as_json(), "history": events})
         print(msgspec.json.format(document, indent=2).decode())
@@ -388,6 +391,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
         print(_format.steps_table(execution.steps, style))
         for step_traceback in _format.step_tracebacks(execution.steps, style):
             print(step_traceback)
+    if (logs := tail_section(args.run_id, lines, style)) is not None:
+        print(logs)
     print(style(f"\nEvent history ({len(events)} events)", "bold"))
     print(_format.history_table(events, style))
     return 0

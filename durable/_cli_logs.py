@@ -88,6 +88,23 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOW_TAIL = 20
+"""How many of a run's last log lines ``durable show`` prints (``durable logs`` prints them all)."""
+
+
+def tail_section(run_id: str, lines: Sequence[LogLine], style: _format.Style) -> str | None:
+    """``durable show``'s "Logs" section: the run's last lines, and how to see the rest; ``None`` without lines."""
+    if not lines:
+        return None
+    printer = _LinePrinter(style, as_json=False)
+    more = "+" if len(lines) == MAX_READ else ""
+    parts = [style(f"\nLogs ({len(lines)}{more} lines; all of them: durable logs {run_id})", "bold")]
+    if len(lines) > SHOW_TAIL:
+        parts.append(style(f"  … {len(lines) - SHOW_TAIL}{more} earlier lines", "dim"))
+    parts += [_indent(printer.format(line), 2) for line in lines[-SHOW_TAIL:]]
+    return "\n".join(parts)
+
+
 class _LinePrinter:
     def __init__(self, style: _format.Style, *, as_json: bool) -> None:
         self.style = style

@@ -160,6 +160,9 @@ def test_demo_keeps_what_its_steps_logged_without_printing_it(url: str) -> None:
     assert [line.split()[3] for line in lines if "charging A-1001" in line] == ["charge_payment#1", "charge_payment#2"]
     assert sum("order A-1001: 3 items" in line for line in lines) == 1
     assert sum("handed to the carrier" in line for line in lines) == 3
+    shown = run_process("--database-url", url, "show", run_id).stdout
+    logs_section = shown.split("Logs (7 lines", 1)[1].split("Event history", 1)[0]
+    assert "charge_payment#2 demo.shop: charging A-1001" in logs_section
 
 
 # -- start / show / list / cancel against a worker process --------------------------------------------------
