@@ -4,19 +4,17 @@ in the order asked, a page at a time."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from history import STATUSES
 
 from . import _format
 from ._cli import UsageError, _limit
+from ._durations import parse_moment
 from ._engine import Engine
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _ORDERS = ("created_at", "started_at", "finished_at", "updated_at")
 
 
@@ -43,17 +41,10 @@ def add_commands(add: Any) -> None:
 
 def moment(text: str) -> datetime:
     """``--since``/``--until``: ``<number><s|m|h|d|w>`` ago, or an ISO 8601 time (UTC when it names no zone)."""
-    now = datetime.now(UTC)
-    ago = _AGO.fullmatch(text.strip())
-    if ago:
-        return now - timedelta(seconds=float(ago.group(1)) * _UNITS[ago.group(2)])
     try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration ago (30s, 15m, 2h, 7d, 1w) nor an ISO time (2026-01-31T12:00:00+00:00)"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        return parse_moment(text, what="time")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _order(text: str) -> str:

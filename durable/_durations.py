@@ -1,10 +1,12 @@
-"""Durations as people type them (``30s``, ``15m``, ``24h``, ``7d``, ``2w``), for ``engine.get_metrics(period=)``,
-``engine.cleanup``, ``Retention`` and the ``stats``, ``cleanup`` and ``worker --retention`` commands."""
+"""Durations and moments as people type them: ``30s``, ``15m``, ``24h``, ``7d``, ``2w`` for
+``engine.get_metrics(period=)``, ``engine.cleanup``, ``Retention`` and the ``stats``, ``cleanup`` and
+``worker --retention`` commands; "that long ago, or an ISO time" for ``list --since/--until`` and
+``history export --since``. One parser, so every command takes the same forms."""
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -51,3 +53,25 @@ def format_duration(value: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+MOMENT_FORMS = "a duration ago (30s, 15m, 2h, 1.5d, 2w) or an ISO time (2026-01-31, 2026-01-31T12:00:00+00:00)"
+"""How the accepted forms of ``parse_moment`` are named in error messages."""
+
+
+def parse_moment(text: str, *, what: str, now: datetime | None = None) -> datetime:
+    """``text`` as an aware datetime: ``<number><s|m|h|d|w>`` before ``now`` (default: the UTC wall clock), or an
+    ISO 8601 date/time (UTC when it names no zone).
+
+    Raises:
+        ValueError: neither form; the message names ``what`` (``--since``) and the accepted forms.
+    """
+    ago = _AGO.match(text)
+    if ago:
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(ago[1]) * _UNITS[ago[2].lower()])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not {MOMENT_FORMS}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -7,10 +7,9 @@ each append stamps on its events), and a final append that sets the run's status
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -35,6 +34,7 @@ from history import (
     Store,
 )
 
+from ._durations import parse_moment
 from ._history_file import HistoryDocument, HistoryFileError
 
 _IMPORT_LEASE_SECONDS = 60.0
@@ -43,8 +43,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 """The ``wake_at`` an imported run is created with: due, and first in claim order, so the importer's own claim
 takes it ahead of other ready runs of the same workflow."""
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 # -- export ---------------------------------------------------------------------------------------------------
@@ -52,18 +50,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``--since``: a duration back from now (``30m``, ``12h``, ``1d``, ``2w``) or an ISO date/time."""
-    now = now or datetime.now(UTC)
-    match = _DURATION.match(text)
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"--since takes a duration (30m, 12h, 1d, 2w) or an ISO date/time (2026-01-31, 2026-01-31T12:00Z), "
-            f"got {text!r}"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return parse_moment(text, what="--since", now=now)
 
 
 async def select_runs(

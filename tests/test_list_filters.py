@@ -445,7 +445,7 @@ def test_durable_list_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = listed("--limit", "1", "--order", "created_at", "--cursor", cursor)[1]
     assert failed.id in out and sending.id not in out
     code, _, err = listed("--since", "3x")
-    assert code == 2 and "'3x' is neither a duration ago" in err
+    assert code == 2 and "'3x' is not a duration ago" in err
     code, _, err = listed("--order", "name")
     assert code == 2 and "'name': use one of created_at" in err
     code, _, err = listed("--cursor", cursor)  # made for created_at ascending, used newest first
