@@ -202,6 +202,16 @@ class TestEngine:
         await asyncio.sleep(0)
         return when
 
+    def __getattr__(self, name: str) -> Any:
+        """Every other public ``durable.Engine`` method, on the engine under test: ``get_logs``, ``subscribe``,
+        ``get_execution``, ``list_executions``, ``get_metrics``, ``send_event``, ``provide_input``, ``cancel``…"""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return getattr(self.engine, name)
+        except AttributeError:
+            raise AttributeError(f"TestEngine (and durable.Engine) has no attribute {name!r}") from None
+
     # -- runs ------------------------------------------------------------------------------------------------
 
     async def start(self, workflow: Workflow | str, *args: Any, **options: Any) -> RunHandle:

@@ -226,3 +226,29 @@ async def test_a_retry_after_a_sleep_completes() -> None:
     async with TestEngine(workflows=[sleep_then_charge], start=START, timeout=2.0) as engine:
         engine.fail_step("charge_payment", times=1)
         assert await engine.run(sleep_then_charge, "o-5") == "charged o-5 1.0"
+
+
+@durable.step
+async def _logs_and_returns(value: int) -> int:
+    print(f"printed {value}")
+    return value
+
+
+@durable.workflow(name="testing_logged_sleeper")
+async def _logged_sleeper(ctx: durable.WorkflowContext, value: int) -> int:
+    ctx.logger.warning("before the sleep")
+    await ctx.sleep(timedelta(hours=1))  # released and replayed: the warning must not be captured twice
+    return await _logs_and_returns(value)
+
+
+async def test_the_engine_s_observability_methods_are_on_the_test_engine() -> None:
+    async with TestEngine(workflows=[_logged_sleeper]) as engine:
+        run = await engine.start(_logged_sleeper, 7)
+        assert await engine.wait_completed(run) == 7
+        lines = [(line.step, line.attempt, line.message) for line in await engine.get_logs(run.id)]
+        assert lines == [(None, None, "before the sleep"), ("_logs_and_returns", 1, "printed 7")]
+        metrics = await engine.get_metrics("testing_logged_sleeper")
+        assert (metrics.total, metrics.completed, metrics.avg_ms) == (1, 1, 3_600_000.0)  # the virtual hour
+        assert [e.id for e in await engine.list_executions(workflow="testing_logged_sleeper")] == [run.id]
+        with pytest.raises(AttributeError, match="no attribute 'get_logz'"):
+            engine.get_logz  # noqa: B018
