@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -397,6 +398,8 @@ class RunDriver:
         if self._consumed:
             update["consumed"], self._consumed = self._consumed, []
         if self._instance is not None and (workflow_lines := self._instance.take_new_logs()):
+            if self._obs is not None and self._obs.log_ids is not None:
+                workflow_lines = _in_span(workflow_lines, self._obs.log_ids)
             self._logs = sorted([*self._logs, *workflow_lines], key=_logged_at)  # steps' and workflow's, in order
         if self._logs:
             update["logs"], self._logs = self._logs, []
@@ -466,6 +469,14 @@ def current_step(instance: WorkflowInstance) -> str | None:
     return "sleep" if instance.pending_timers else None
 def _logged_at(line: LogLine) -> datetime:
     return line.at
+
+
+def _in_span(lines: Sequence[LogLine], ids: tuple[str, str]) -> list[LogLine]:
+    """``ctx.logger``'s lines with the activation span's ids. Not the span current in the workflow code: that
+    runs in a context copied from the worker's when the instance was made (no Durable span; at most a span of the
+    application's around the worker), and ``replay/`` knows nothing of OpenTelemetry."""
+    trace_id, span_id = ids
+    return [msgspec.structs.replace(line, trace_id=trace_id, span_id=span_id) for line in lines]
 
 
 async def _call_body(step: StepRequest) -> Any:

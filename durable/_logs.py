@@ -17,6 +17,10 @@ interleaving on one loop, or sync steps in threads (anyio's ``to_thread.run_sync
 caller's context), each write to their own buffer, made when the attempt writes its first line: an attempt that
 writes nothing costs two set operations.
 
+Each line carries the trace and span ids of the OpenTelemetry span current when it was written (the attempt's
+span, or one the body made), read only when the worker traces (``StepLogs.start``'s ``trace_ids``, decided once
+per worker start): with tracing off a line costs one more ``None`` test, and an attempt nothing.
+
 Lines are written with the step's outcome, in the same commit (``Append.logs``). A step that runs long has its
 lines written earlier, about a second after they were logged, by a small task that sleeps only while some
 running attempt has unwritten lines (``StepLogs``): ``durable logs --follow`` shows them as they come.
@@ -45,6 +49,10 @@ log = logging.getLogger("durable.worker")
 LIVE_DELAY = 1.0
 """Seconds after which lines of an attempt still running are written on their own (the live tail); lines of
 attempts that end sooner go with the outcome, at no extra cost."""
+
+TraceIds = Callable[[], tuple[str, str] | None]
+"""``_telemetry.current_ids``: the current span's trace and span ids, or ``None`` (this module never imports
+OpenTelemetry: the worker hands it over, when it traces)."""
 
 _STREAM_LEVELS = {"stdout": (logging.INFO, "INFO"), "stderr": (logging.WARNING, "WARNING")}
 """The level a printed line gets: INFO on stdout, WARNING on stderr."""
@@ -115,12 +123,17 @@ class _Capture:
     """The lines of one step attempt. Written from the attempt's task or thread; taken by the driver (at the end)
     and by the live-tail task (while it runs), under ``_BUFFER_LOCK``."""
 
-    __slots__ = ("_closed", "_dropped", "_kept", "_lines", "_lock", "_notify", "_partial", "_size", "inflight",
-                 "info", "limits")
+    __slots__ = ("_closed", "_dropped", "_ids", "_kept", "_lines", "_lock", "_notify", "_partial", "_size",
+                 "first_ids", "inflight", "info", "limits")
 
-    def __init__(self, info: StepInfo, limits: LogLimits, notify: Callable[[], None] | None) -> None:
+    def __init__(self, info: StepInfo, limits: LogLimits, notify: Callable[[], None] | None,
+                 trace_ids: TraceIds | None = None) -> None:
         self.info = info
         self.limits = limits
+        self._ids = trace_ids
+        # Made at the attempt's first output, in its own context: the span of the lines made at its end (a last
+        # partial line, the truncation marker), when the body's context is gone.
+        self.first_ids = None if trace_ids is None else trace_ids()
         self._lines: list[LogLine] = []  # not yet taken
         self._kept = 0
         self._size = 0
@@ -149,7 +162,8 @@ class _Capture:
 
     def record(self, record: logging.LogRecord) -> None:
         info = self.info
-        self.add(line_from_record(record, info.run_id, info.step, info.command_id, info.attempt))
+        trace_id, span_id = (None, None) if self._ids is None else (self._ids() or (None, None))
+        self.add(line_from_record(record, info.run_id, info.step, info.command_id, info.attempt, trace_id, span_id))
 
     def write(self, stream: str, text: str) -> None:
         """Text written to ``stream``: complete lines are kept, a partial one waits for its newline."""
@@ -165,15 +179,17 @@ class _Capture:
                 complete.append(rest[:MAX_LINE_CHARS])
                 rest = rest[MAX_LINE_CHARS:]
             self._partial[stream] = rest
+        ids = None if self._ids is None or not complete else self._ids()
         for content in complete:
-            self.add(self._stream_line(stream, content))
+            self.add(self._stream_line(stream, content, ids))
 
-    def _stream_line(self, stream: str, content: str) -> LogLine:
+    def _stream_line(self, stream: str, content: str, ids: tuple[str, str] | None) -> LogLine:
         level, name = _STREAM_LEVELS[stream]
         info = self.info
+        trace_id, span_id = (None, None) if ids is None else ids
         return LogLine(run_id=info.run_id, at=datetime.now(UTC), level=level, level_name=name, logger="",
                        message=clean_text(content.rstrip("\r")), stream=stream, step=info.step,
-                       command_id=info.command_id, attempt=info.attempt)
+                       command_id=info.command_id, attempt=info.attempt, trace_id=trace_id, span_id=span_id)
 
     @property
     def pending(self) -> bool:
@@ -194,17 +210,19 @@ class _Capture:
             partial, self._partial = self._partial, None
         for stream, content in (partial or {}).items():
             if content:
-                self.add(self._stream_line(stream, content))
+                self.add(self._stream_line(stream, content, self.first_ids))
         with self._lock:
             self._closed = True
             lines, self._lines = self._lines, []
             dropped = self._dropped
         if dropped:
             info = self.info
+            trace_id, span_id = (None, None) if self.first_ids is None else self.first_ids
             lines.append(LogLine(
                 run_id=info.run_id, at=datetime.now(UTC), level=logging.WARNING, level_name="WARNING",
                 logger="durable", step=info.step, command_id=info.command_id, attempt=info.attempt,
                 message=f"… truncated: {dropped} more lines not captured (limit {self.limits.describe()} per attempt)",
+                trace_id=trace_id, span_id=span_id,
             ))  # fmt: skip
         return lines
 
@@ -364,11 +382,18 @@ class StepLogs:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._trace_ids: TraceIds | None = None
 
-    def start(self) -> None:
-        """Install the process-wide hooks (when enabled) and start the live-tail task."""
+    def start(self, trace_ids: TraceIds | None = None) -> None:
+        """Install the process-wide hooks (when enabled) and start the live-tail task.
+
+        Args:
+            trace_ids: what gives each captured line its trace and span ids (``Telemetry.log_ids``: ``None``
+                when the worker does not trace, and then no line looks for a span).
+        """
         if not self.enabled or self._task is not None:
             return
+        self._trace_ids = trace_ids
         install()
         _WORKER_LOGS.set(self)  # in the worker's task: its drivers, their attempts and threads inherit it
         self._loop = asyncio.get_running_loop()
@@ -403,7 +428,7 @@ class StepLogs:
                     return None
                 capture = self._buffers.get(key)
                 if capture is None:
-                    capture = self._buffers[key] = _Capture(info, self.limits, self._notify)
+                    capture = self._buffers[key] = _Capture(info, self.limits, self._notify, self._trace_ids)
         return capture
 
     def end(self, info: StepInfo) -> _Capture | None:

@@ -13,6 +13,10 @@ its own (when the starting engine traces), else a trace id derived from its id (
 Whether to trace and measure is decided once per worker start (and engine open): with OpenTelemetry's default
 no-op providers (nothing configured) the driver holds no observer at all and its per-step cost is a ``None``
 test.
+
+Captured log lines name their span (``LogLine.trace_id``/``span_id``): log capture gets ``current_ids`` from here
+only when the worker traces (``Telemetry.log_ids``), and ``ctx.logger``'s lines get the activation span's ids
+(``RunObserver.log_ids``), stamped by the driver.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from opentelemetry.trace import (
     TraceFlags,
     Tracer,
     TracerProvider,
+    format_span_id,
+    format_trace_id,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -114,6 +120,12 @@ class Telemetry:
         """Whether anything is traced or measured."""
         return self.tracer is not None or self.metrics is not None
 
+    @property
+    def log_ids(self) -> Callable[[], tuple[str, str] | None] | None:
+        """What stamps a captured log line with the current span (``current_ids``), or ``None`` when this does
+        not trace: log capture then never looks at OpenTelemetry."""
+        return current_ids if self.tracer is not None else None
+
     # -- starting runs (client side) ----------------------------------------------------------------------
 
     def start_context(self, workflow: str, run_id: str, queue: str) -> str | None:
@@ -136,6 +148,19 @@ class Telemetry:
         """Count ``count`` new runs of ``workflow``."""
         if self.metrics is not None and count:
             self.metrics.runs_started.add(count, {"durable.workflow": workflow})
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The current span's trace id and span id as W3C ``traceparent`` prints them (lowercase hex, 32 and 16
+    digits), or ``None`` when no valid span is current: what a captured log line is stamped with."""
+    return span_ids(trace.get_current_span().get_span_context())
+
+
+def span_ids(span_context: SpanContext) -> tuple[str, str] | None:
+    """``span_context``'s trace id and span id in hex (see ``current_ids``), or ``None`` when it is invalid."""
+    if not span_context.is_valid:
+        return None
+    return format_trace_id(span_context.trace_id), format_span_id(span_context.span_id)
 
 
 def inject(ctx: otel_context.Context) -> str | None:
@@ -271,6 +296,8 @@ class RunObserver:
         self._steps: dict[int, _StepSpan] = {}
         self.span: Span | None = None
         self._parent: otel_context.Context | None = None
+        self.log_ids: tuple[str, str] | None = None
+        """The activation span's trace and span ids (``None`` when not tracing): ``ctx.logger``'s lines get them."""
         if self.metrics is not None and due_at is not None and (run.lease_epoch == 1 or due_at != run.created_at):
             # The store orders runs by their wake time, else their creation: known only for a first claim or a
             # run released with a wake time (a run handed back or woken by a message has no recorded due time).
@@ -300,6 +327,7 @@ class RunObserver:
             links=links,
         )
         self._parent = trace.set_span_in_context(self.span)
+        self.log_ids = span_ids(self.span.get_span_context())
 
     # -- replay and steps ---------------------------------------------------------------------------------------
 

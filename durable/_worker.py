@@ -160,7 +160,7 @@ class Worker:
         cleanup = None if self.retention is None else asyncio.get_running_loop().create_task(self.retention.run())
         stop_listening = self.store.hub.on_message(self._message_arrived)
         log.info("worker %s serving %s", self.worker_id, ", ".join(names) or "no workflows")
-        self.logs.start()
+        self.logs.start(self.telemetry.log_ids)  # log lines get span ids only when this worker traces
         try:
             while not self.stopping:
                 claimed = await self._claim_once(names)

@@ -78,6 +78,8 @@ def line_from_record(
     step: str | None = None,
     command_id: int | None = None,
     attempt: int | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
 ) -> LogLine:
     """A ``LogLine`` of a ``logging`` record, bounded and cleaned."""
     message, exc = record_text(record)
@@ -93,6 +95,8 @@ def line_from_record(
         attempt=attempt,
         exc=None if exc is None else clean_text(exc),
         extra=record_extra(record),
+        trace_id=trace_id,
+        span_id=span_id,
     )
 
 

@@ -12,19 +12,24 @@ from typing import Any
 
 from ._records import Append, LogLine
 
-LOG_COLUMNS = "id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra"
+LOG_COLUMNS = ("id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra, "
+               "trace_id, span_id")
 """The columns of ``durable_logs`` in an order that builds a ``LogLine`` by keyword (see ``_line``)."""
 
-# Insert log lines given as twelve parallel arrays (one element per line), unfenced: the live tail of a long
+LOG_ARRAYS = 14
+"""How many parallel arrays carry log lines (``log_columns``): every column but ``id``."""
+
+# Insert log lines given as fourteen parallel arrays (one element per line), unfenced: the live tail of a long
 # step (the rest of its lines commit with its outcome, in APPEND_FULL).
 WRITE_LOGS = """
 INSERT INTO durable_logs (run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc,
-                          extra)
-SELECT run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra
+                          extra, trace_id, span_id)
+SELECT run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra, trace_id,
+       span_id
 FROM unnest($1::text[], $2::timestamptz[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::integer[], $9::integer[], $10::text[], $11::text[], $12::bytea[])
+            $8::integer[], $9::integer[], $10::text[], $11::text[], $12::bytea[], $13::text[], $14::text[])
     WITH ORDINALITY AS l(run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc,
-                         extra, ord)
+                         extra, trace_id, span_id, ord)
 ORDER BY ord  -- ids in the order the lines were written"""
 
 
@@ -42,11 +47,11 @@ def read_logs(by_step: bool, by_attempt: bool, by_level: bool) -> str:
 
 
 def log_columns(lines: Sequence[LogLine], columns: list[list[Any]] | None = None) -> list[list[Any]]:
-    """The twelve parallel arrays of ``lines`` (``WRITE_LOGS``'s ``$1``-``$12``, ``APPEND_FULL``'s
-    ``$28``-``$39``), added to ``columns`` when given."""
+    """The fourteen parallel arrays of ``lines`` (``WRITE_LOGS``'s ``$1``-``$14``, ``APPEND_FULL``'s
+    ``$28``-``$41``), added to ``columns`` when given."""
     if columns is None:
-        columns = [[] for _ in range(12)]
-    runs, ats, levels, names, loggers, streams, steps, cids, attempts, messages, excs, extras = columns
+        columns = [[] for _ in range(LOG_ARRAYS)]
+    runs, ats, levels, names, loggers, streams, steps, cids, attempts, messages, excs, extras, traces, spans = columns
     for line in lines:
         runs.append(line.run_id)
         ats.append(line.at)
@@ -60,12 +65,14 @@ def log_columns(lines: Sequence[LogLine], columns: list[list[Any]] | None = None
         messages.append(line.message)
         excs.append(line.exc)
         extras.append(line.extra)
+        traces.append(line.trace_id)
+        spans.append(line.span_id)
     return columns
 
 
 def log_args(items: Sequence[Append]) -> list[list[Any]]:
     """``APPEND_FULL``'s log arrays for a batch: the lines of every item (only applied items' are inserted)."""
-    columns: list[list[Any]] = [[] for _ in range(12)]
+    columns: list[list[Any]] = [[] for _ in range(LOG_ARRAYS)]
     for item in items:
         if item.logs:
             log_columns(item.logs, columns)
@@ -73,10 +80,11 @@ def log_args(items: Sequence[Append]) -> list[list[Any]]:
 
 
 def _line(row: Any) -> LogLine:
-    line_id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra = row
+    (line_id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra,
+     trace_id, span_id) = row
     return LogLine(run_id=run_id, at=at, level=level, level_name=level_name, logger=logger, message=message,
                    stream=stream, step=step, command_id=command_id, attempt=attempt, exc=exc,
-                   extra=None if extra is None else bytes(extra), id=line_id)
+                   extra=None if extra is None else bytes(extra), trace_id=trace_id, span_id=span_id, id=line_id)
 
 
 class PostgresLogs:

@@ -336,7 +336,7 @@ def _append(full: bool) -> str:
     state_column = ", state" if full else ""
     # current_step, one more array (the last parameter): NULL leaves it, '' clears it (history.Append's UNSET and
     # None). Not an indexed column, so the common step append stays a HOT update.
-    step_param = "$40" if full else "$16"
+    step_param = "$42" if full else "$16"
     state_set = ",\n        state = coalesce(i.state, r.state)" if full else ""
     returning = "r.id, r.parent_id, r.finished_at" if full else "r.id"
     unleased = f"CASE WHEN i.release OR i.status IN {FINISHED} THEN NULL"
@@ -398,13 +398,14 @@ _FULL = """, consumed AS (
 ), logged AS (
     -- the captured log lines of the items that pass their fence: a step's lines commit with its outcome
     INSERT INTO durable_logs (run_id, at, level, level_name, logger, stream, step, command_id, attempt, message,
-                              exc, extra)
+                              exc, extra, trace_id, span_id)
     SELECT l.run_id, l.at, l.level, l.level_name, l.logger, l.stream, l.step, l.command_id, l.attempt, l.message,
-           l.exc, l.extra
+           l.exc, l.extra, l.trace_id, l.span_id
     FROM unnest($28::text[], $29::timestamptz[], $30::integer[], $31::text[], $32::text[], $33::text[],
-                $34::text[], $35::integer[], $36::integer[], $37::text[], $38::text[], $39::bytea[])
+                $34::text[], $35::integer[], $36::integer[], $37::text[], $38::text[], $39::bytea[],
+                $40::text[], $41::text[])
         WITH ORDINALITY AS l(run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc,
-                             extra, ord)
+                             extra, trace_id, span_id, ord)
     WHERE l.run_id IN (SELECT id FROM applied)
     ORDER BY l.ord  -- ids in the order the lines were written
 ), parents AS (
@@ -436,7 +437,7 @@ APPEND = _append(full=False)
 # carries log lines:
 # $16 the items' new states; $17-$18 the inbox messages consumed (run id, message id); $19-$25 the inputs opened
 # (run id, key, prompt, spec, created_at, workflow, timeout_at); $26-$27 the inputs closed (run id, key);
-# $28-$39 the captured log lines (history._pg_logs.log_args: one element per line); $40 the items' current steps.
+# $28-$41 the captured log lines (history._pg_logs.log_args: one element per line); $42 the items' current steps.
 # Only items that pass their fence change anything. What finishing does (close inputs, message the parent) is
 # done by the trigger durable_runs_finished. Returns each updated run's id with the id of the parent that gets a
 # "child" message (NULL: none), for the local hub.

@@ -181,7 +181,10 @@ class LogLine(msgspec.Struct, frozen=True):
     own ``ctx.logger``). ``level`` is the ``logging`` level number (``level_name`` its name): a printed line is
     INFO on stdout and WARNING on stderr. ``stream`` is ``"log"``, ``"stdout"`` or ``"stderr"``. ``exc`` is the
     formatted traceback of a record logged with ``exc_info``; ``extra`` the JSON object of the record's extra
-    fields. ``id`` is assigned by the store (0 until written): lines of a run are ordered by it. Logs are not
+    fields. ``trace_id`` and ``span_id`` are the OpenTelemetry span that was current when the line was written
+    (lowercase hex, 32 and 16 digits, as W3C ``traceparent`` prints them): the step attempt's span, or a span the
+    step body made; the activation's ``durable.run`` span for ``ctx.logger``; ``None`` when the worker does not
+    trace. ``id`` is assigned by the store (0 until written): lines of a run are ordered by it. Logs are not
     history: nothing replays them.
     """
 
@@ -197,6 +200,8 @@ class LogLine(msgspec.Struct, frozen=True):
     attempt: int | None = None
     exc: str | None = None
     extra: bytes | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
     id: int = 0
 
 

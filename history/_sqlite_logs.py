@@ -18,13 +18,15 @@ _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-# Add one log line (?1 run id … ?12 extra); its id is the next of the AUTOINCREMENT sequence.
+# Add one log line (?1 run id … ?12 extra, ?13 trace id, ?14 span id); its id is the next of the AUTOINCREMENT
+# sequence.
 INSERT_LOG = """
 INSERT INTO durable_logs (run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc,
-                          extra)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"""
+                          extra, trace_id, span_id)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"""
 
-_COLUMNS = "id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra"
+_COLUMNS = ("id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra, "
+            "trace_id, span_id")
 
 
 @cache
@@ -44,15 +46,17 @@ def insert_logs(db: sqlite3.Connection, lines: Sequence[LogLine]) -> None:
     db.executemany(
         INSERT_LOG,
         [(line.run_id, (line.at - _EPOCH) // _MICROSECOND, line.level, line.level_name, line.logger, line.stream,
-          line.step, line.command_id, line.attempt, line.message, line.exc, line.extra) for line in lines],
+          line.step, line.command_id, line.attempt, line.message, line.exc, line.extra, line.trace_id, line.span_id)
+         for line in lines],
     )  # fmt: skip
 
 
 def _line(row: Sequence[Any]) -> LogLine:
-    line_id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra = row
+    (line_id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra,
+     trace_id, span_id) = row
     return LogLine(run_id=run_id, at=_EPOCH + timedelta(microseconds=at), level=level, level_name=level_name,
                    logger=logger, message=message, stream=stream, step=step, command_id=command_id,
-                   attempt=attempt, exc=exc, extra=extra, id=line_id)
+                   attempt=attempt, exc=exc, extra=extra, trace_id=trace_id, span_id=span_id, id=line_id)
 
 
 class SqliteLogs:

@@ -87,6 +87,7 @@ def test_logs_shows_tracebacks_indented_and_json_with_extra_fields(
     assert document["message"] == "charging 7 failed" and document["extra"]["order"] == 7
     where = (document["step"], document["attempt"], document["level"], document["stream"])
     assert where == ("fails_loudly", 1, 40, "log")
+    assert (document["trace_id"], document["span_id"]) == (None, None)  # the engine that ran it does not trace
 
 
 def test_logs_of_an_unknown_run_or_a_bad_level_exit_with_a_message(

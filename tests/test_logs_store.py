@@ -44,6 +44,25 @@ async def test_lines_of_an_append_commit_with_it_and_read_back_identical(store: 
     assert lines[0].at == T0 and lines[0].at.tzinfo is not None
 
 
+async def test_trace_and_span_ids_round_trip_through_an_append_and_write_logs(store: Store) -> None:
+    claim = await start(store)
+    run_id = claim.run.id
+    tail = line(run_id, "live", step="charge", command_id=1, attempt=1,
+                trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7")
+    traced = line(run_id, "in a span", step="charge", command_id=1, attempt=1,
+                  trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331")
+    untraced = line(run_id, "no span", step="charge", command_id=1, attempt=1)
+    workflow = line(run_id, "workflow", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="0000000000000001")
+    await store.write_logs([tail])
+    assert await store.append([append(claim, step(1), logs=[traced, untraced, workflow])]) == [None]
+    everything = await store.read_logs(run_id)
+    assert [msgspec.structs.replace(got, id=0) for got in everything] == [tail, traced, untraced, workflow]
+    filtered = await store.read_logs(run_id, step="charge", attempt=1, min_level=20, after_id=everything[0].id)
+    assert [(got.trace_id, got.span_id) for got in filtered] == [
+        ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"), (None, None),
+    ]  # fmt: skip
+
+
 async def test_a_refused_append_stores_none_of_its_lines(store: Store) -> None:
     claim = await start(store)
     stale = msgspec.structs.replace(append(claim, step(1)), epoch=claim.run.lease_epoch + 5,

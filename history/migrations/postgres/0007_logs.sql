@@ -19,11 +19,15 @@ CREATE TABLE durable_logs (
     attempt    integer,
     message    text        NOT NULL,
     exc        text,
-    extra      bytea
+    extra      bytea,
+    trace_id   text,
+    span_id    text
 );
 
 COMMENT ON TABLE durable_logs IS 'Durable: log lines captured from step bodies and ctx.logger, by run (see durable logs).';
 COMMENT ON COLUMN durable_logs.extra IS 'JSON object of the record''s extra fields (bytes), or NULL.';
+COMMENT ON COLUMN durable_logs.trace_id IS 'OpenTelemetry trace id current when the line was written (32 hex digits), or NULL.';
+COMMENT ON COLUMN durable_logs.span_id IS 'OpenTelemetry span id current when the line was written (16 hex digits), or NULL.';
 
 -- Reading a run's lines in order, and tailing them (id > the last one seen).
 CREATE INDEX durable_logs_run ON durable_logs (run_id, id);

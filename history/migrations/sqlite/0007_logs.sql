@@ -17,7 +17,9 @@ CREATE TABLE durable_logs (
     attempt    INTEGER,
     message    TEXT    NOT NULL,
     exc        TEXT,
-    extra      BLOB
+    extra      BLOB,
+    trace_id   TEXT,
+    span_id    TEXT
 );
 
 -- Reading a run's lines in order, and tailing them (id > the last one seen).
