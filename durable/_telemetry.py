@@ -63,6 +63,7 @@ from history import (
     TimerFired,
     TimerStarted,
 )
+from replay import recorded_type_name
 
 try:  # the API's default meter provider before one is set; private, so looked up defensively
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _ProxyMeters
@@ -387,7 +388,8 @@ class RunObserver:
         assert handle is not None
         span.set_attribute("durable.outcome", outcome)
         if error is not None:
-            span.record_exception(error)
+            # The type under the name the history records (durable.StepFailed, not durable.errors.StepFailed).
+            span.record_exception(error, {"exception.type": recorded_type_name(type(error))})
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         if retry_at is not None:
             span.add_event("retry scheduled", {"durable.retry_at": retry_at.isoformat(),
@@ -436,7 +438,7 @@ class RunObserver:
         """The run's replay diverged from its history: it waits for fixed code."""
         if self.span is not None:
             self.span.set_attribute("durable.released", "blocked")
-            self.span.record_exception(exc)
+            self.span.record_exception(exc, {"exception.type": recorded_type_name(type(exc))})
             self.span.set_status(Status(StatusCode.ERROR, "replay diverged from the history"))
 
     def lease_lost(self) -> None:

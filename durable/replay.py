@@ -53,7 +53,7 @@ from history import (
     ValueRecorded,
     decode_payload,
 )
-from replay import NonDeterminismError, Outcome, WorkflowInstance
+from replay import NonDeterminismError, Outcome, WorkflowInstance, canonical_error_type
 
 try:
     from replay import unsafe_nondeterminism as _guards_off
@@ -436,7 +436,8 @@ def _compare(outcome: Outcome | None, end: RecordedEvent) -> tuple[bool | None, 
     if outcome.error is None:
         return False, (f"the run failed with {event.error.type}: {event.error.message} (event {end.seq}), but the "
                        f"code now returns {_short(outcome.result)}")
-    if (outcome.error.type, outcome.error.message) != (event.error.type, event.error.message):
+    recorded_type = canonical_error_type(event.error.type)  # older histories name Durable's errors by module path
+    if (outcome.error.type, outcome.error.message) != (recorded_type, event.error.message):
         return False, (f"the run failed with {event.error.type}: {event.error.message} (event {end.seq}), but the "
                        f"code now raises {outcome.error.type}: {outcome.error.message}")
     return True, None

@@ -8,7 +8,15 @@ from ._commands import StepDefinition, StepRequest, TimerRequest
 from ._context import WorkflowContext
 from ._errors import ChildWorkflowFailed, NonDeterminismError, WaitTimeout, WorkflowCodeError
 from ._guards import unsafe_nondeterminism
-from ._instance import Outcome, WorkflowCallable, WorkflowInstance, current_instance, error_info
+from ._instance import (
+    Outcome,
+    WorkflowCallable,
+    WorkflowInstance,
+    canonical_error_type,
+    current_instance,
+    error_info,
+    recorded_type_name,
+)
 from ._loop import DeterministicLoop
 from ._world import ChildHandle, ChildRequest
 
@@ -27,8 +35,10 @@ __all__ = [
     "WorkflowCodeError",
     "WorkflowContext",
     "WorkflowInstance",
+    "canonical_error_type",
     "current_instance",
     "error_info",
     "input_spec",
+    "recorded_type_name",
     "unsafe_nondeterminism",
 ]

@@ -118,12 +118,33 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+PUBLIC_ERROR_MODULES = frozenset({"history._errors", "replay._errors", "durable.errors"})
+"""Where the exceptions that ``durable`` re-exports are defined. They are recorded as ``durable.<Name>``, the name
+users import (``tests/test_architecture.py`` pins that each one is exported), never by their private module path:
+a recorded name outlives the module layout. Histories written before this recorded the module path; both are only
+shown, never matched, so old histories replay unchanged."""
+
+
+def recorded_type_name(kind: type[BaseException]) -> str:
+    """The name an exception type is recorded under: ``ValueError``, ``durable.StepFailed``, ``myapp.PaymentError``."""
+    module = kind.__module__
+    if module in ("builtins", "__main__"):
+        return kind.__qualname__
+    if module in PUBLIC_ERROR_MODULES and not kind.__name__.startswith("_"):
+        return f"durable.{kind.__qualname__}"
+    return f"{module}.{kind.__qualname__}"
+
+
+def canonical_error_type(name: str) -> str:
+    """A recorded type name as ``recorded_type_name`` writes it today: ``durable.errors.StepFailed`` (recorded by
+    earlier versions) is ``durable.StepFailed``; every other name is itself. Compare recorded types with this."""
+    module, _, rest = name.rpartition(".")
+    return f"durable.{rest}" if module in PUBLIC_ERROR_MODULES else name
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
-    """Record an exception: qualified type name, message, formatted traceback."""
-    kind = type(exc)
-    builtin = kind.__module__ in ("builtins", "__main__")
-    name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
-    return ErrorInfo(type=name, message=str(exc), traceback="".join(_user_traceback(exc)))
+    """Record an exception: its type's recorded name, message, formatted traceback."""
+    return ErrorInfo(type=recorded_type_name(type(exc)), message=str(exc), traceback="".join(_user_traceback(exc)))
 
 
 _MACHINERY = tuple(

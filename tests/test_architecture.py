@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import durable
+import durable.testing
 import history
 import replay
 
@@ -74,3 +75,33 @@ def test_errors_form_one_tree_under_durable_error() -> None:
         error = getattr(durable.errors, name)
         outside_the_tree = (durable.NonRetryableError, durable.Cancelled)  # raised by users' code / asyncio's
         assert issubclass(error, durable.DurableError) or error in outside_the_tree, name
+
+
+def test_errors_are_recorded_under_the_names_users_import() -> None:
+    """An error recorded in a history is named ``durable.<Name>``: every public exception of the modules that
+    name covers is exported from ``durable`` as that very class, so the recorded name always resolves."""
+    import importlib
+
+    from replay._instance import PUBLIC_ERROR_MODULES, recorded_type_name
+
+    for module_name in sorted(PUBLIC_ERROR_MODULES):
+        module = importlib.import_module(module_name)
+        for name, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == module_name:
+                if name.startswith("_"):
+                    assert recorded_type_name(value) == f"{module_name}.{name}"
+                    continue
+                assert recorded_type_name(value) == f"durable.{name}"
+                assert getattr(durable, name, None) is value, f"{module_name}.{name} is not exported as durable.{name}"
+    assert recorded_type_name(ValueError) == "ValueError"
+    assert recorded_type_name(durable.testing.RunBlocked) == "durable.testing.RunBlocked"
+
+
+def test_names_recorded_by_earlier_versions_compare_equal_to_today_s() -> None:
+    from replay import canonical_error_type
+
+    assert canonical_error_type("durable.errors.StepFailed") == "durable.StepFailed"
+    assert canonical_error_type("replay._errors.WaitTimeout") == "durable.WaitTimeout"
+    assert canonical_error_type("history._errors.PayloadError") == "durable.PayloadError"
+    for name in ("durable.StepFailed", "ValueError", "myapp.errors.StepFailed", "durable.testing.RunBlocked"):
+        assert canonical_error_type(name) == name

@@ -76,7 +76,7 @@ async def test_exhausted_retries_fail_the_run_with_the_step_error(engine_url: st
             await run.result(timeout=20)
         execution = await engine.get_execution(run.id, include_steps=True)
     assert wf.ATTEMPTS[key] == 4
-    assert info.value.error_type == "durable.errors.StepFailed"
+    assert info.value.error_type == "durable.StepFailed"
     assert "'flaky' failed after 4 attempts" in str(info.value)
     assert execution.status == "failed"
     assert execution.steps[0].status == "failed"
@@ -87,7 +87,7 @@ async def test_non_retryable_error_stops_retries_and_workflow_can_catch_it(engin
     async with durable.Engine(engine_url) as engine:
         run = await engine.start(wf.catches, "card declined")
         result = await run.result(timeout=20)
-    assert result == {"caught": "durable.errors.NonRetryableError", "message": "card declined", "attempts": 1}
+    assert result == {"caught": "durable.NonRetryableError", "message": "card declined", "attempts": 1}
 
 
 async def test_workflow_exception_fails_the_run_with_its_traceback(engine_url: str) -> None:
@@ -204,7 +204,7 @@ async def test_unserializable_step_argument_or_result_fails_clearly(engine_url: 
         run = await engine.start(wf.returns_set)
         with pytest.raises(durable.WorkflowFailed) as info:
             await run.result(timeout=20)
-    assert info.value.error_type == "history._errors.PayloadError"
+    assert info.value.error_type == "durable.PayloadError"
     assert "result of workflow 'returns_set'" in info.value.error_message
     assert "type object" in info.value.error_message
 

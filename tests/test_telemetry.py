@@ -285,7 +285,7 @@ async def test_a_failed_run_is_an_error_activation_span(otel: Otel, engine_url: 
     assert dict(step.attributes or {}) == step_attributes(run.id, "tel_fails", "tel_broken", 1, 1, "failed")
     assert step.status.status_code == StatusCode.ERROR
     assert [name for name, _ in events(step)] == ["exception"]
-    assert events(step)[0][1]["exception.type"] == "durable.errors.NonRetryableError"
+    assert events(step)[0][1]["exception.type"] == "durable.NonRetryableError"
     assert dict(activation.attributes or {})["durable.outcome"] == "failed"
     assert activation.status.status_code == StatusCode.ERROR
     assert activation.status.description is not None and "cannot handle 7" in activation.status.description

@@ -171,7 +171,7 @@ async def test_wait_failed_returns_the_error_of_a_step_that_failed_for_good() ->
         engine.fail_step("charge_payment", times=3, error=ConnectionError("card network down"))
         failed = await engine.wait_failed(await engine.start(order, "o-2"))
     assert isinstance(failed, durable.WorkflowFailed)
-    assert failed.error_type == "durable.errors.StepFailed"
+    assert failed.error_type == "durable.StepFailed"
     assert "'charge_payment' failed after 3 attempts: ConnectionError: card network down" in failed.error_message
 
 

@@ -63,7 +63,7 @@ async def test_wait_timeout_raises_or_returns_the_default(engine_url: str) -> No
             await timed_out.result(timeout=20)
         defaulted = await engine.start(wf.waits_with_default)
         assert await defaulted.result(timeout=20) == "gave up"
-    assert info.value.error_type == "replay._errors.WaitTimeout"
+    assert info.value.error_type == "durable.WaitTimeout"
 
 
 async def test_two_waits_in_parallel_each_get_their_event(engine_url: str) -> None:
@@ -270,7 +270,7 @@ async def test_a_wait_timeout_fires_after_a_worker_restart(engine_url: str) -> N
     async with durable.Engine(**shared, poll_interval=60) as second:  # no poll could rescue it in time
         with pytest.raises(durable.WorkflowFailed) as info:
             await second.get_handle(run.id).result(timeout=20)
-    assert info.value.error_type == "replay._errors.WaitTimeout"
+    assert info.value.error_type == "durable.WaitTimeout"
 
 
 async def test_cancel_from_another_process_reaches_a_running_step_at_once(engine_url: str) -> None:
