@@ -294,3 +294,33 @@ def filters(query: RunQuery) -> list[tuple[str, tuple[Any, ...]]]:
     if query.search_range is not None:
         wanted.append(("search", query.search_range))
     return wanted
+
+
+class ListsRuns:
+    """``Store.list_runs`` for every store: the arguments are checked and turned into a ``RunQuery`` here, once;
+    a store only says how to run one (``_list_page``)."""
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        current_step: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        queue: str | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
+        order_by: str = "-created_at",
+    ) -> RunPage:
+        """Runs filtered and ordered as this module says, keyset-paginated (see ``Store.list_runs``)."""
+        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
+                          started_after=started_after, started_before=started_before, queue=queue,
+                          parent_id=parent_id, search=search, order_by=order_by)
+        return await self._list_page(query)
+
+    async def _list_page(self, query: RunQuery) -> RunPage:
+        """One page of the runs ``query`` selects."""
+        raise NotImplementedError

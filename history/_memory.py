@@ -20,7 +20,7 @@ from ._errors import (
     RunNotFound,
 )
 from ._events import RecordedEvent
-from ._listing import page_of, run_query
+from ._listing import ListsRuns, RunQuery, page_of
 from ._live import StepNotice
 from ._logs import select_lines
 from ._memory_metrics import MemoryMetrics
@@ -50,7 +50,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore(MemoryMetrics):
+class MemoryStore(ListsRuns, MemoryMetrics):
     """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
 
     def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:
@@ -127,25 +127,8 @@ class MemoryStore(MemoryMetrics):
         """The run's row, or ``None``."""
         return self._runs.get(run_id)
 
-    async def list_runs(
-        self,
-        *,
-        workflow: str | None = None,
-        status: str | Sequence[str] | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        current_step: str | None = None,
-        started_after: datetime | None = None,
-        started_before: datetime | None = None,
-        queue: str | None = None,
-        parent_id: str | None = None,
-        search: str | None = None,
-        order_by: str = "-created_at",
-    ) -> RunPage:
-        """Runs filtered and ordered as ``history._listing`` says (the reference), keyset-paginated."""
-        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
-                          started_after=started_after, started_before=started_before, queue=queue,
-                          parent_id=parent_id, search=search, order_by=order_by)
+    async def _list_page(self, query: RunQuery) -> RunPage:
+        """One page of runs, filtered and sorted here (the reference the SQL stores are tested against)."""
         page, cursor = page_of(query, list(self._runs.values()))
         return RunPage(runs=page, next_cursor=cursor)
 

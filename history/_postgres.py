@@ -43,11 +43,12 @@ from typing import Any, TypeVar, cast
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from . import _pg_queries as q
-from ._codec import decode_event, encode_event, event_type
+from ._codec import decode_event, encode_event
 from ._errors import DatabaseUnavailable, DurableError, SchemaError, StoreError
 from ._events import RecordedEvent
-from ._listing import page_from, run_query, stored_step
+from ._listing import ListsRuns, RunQuery, page_from, stored_step
 from ._notify import Hub
+from ._pg_append import append_args, full_args, is_full, refusal
 from ._pg_listing import list_runs_args
 from ._pg_live import LIVE_CHANNELS, PostgresLive
 from ._pg_logs import PostgresLogs, log_args
@@ -71,8 +72,6 @@ from ._sql import (
     check_finished_list,
     check_not_newer,
     decode_error,
-    encode_error,
-    history_conflict,
     input_already_provided,
     input_not_pending,
     lease_lost,
@@ -80,7 +79,6 @@ from ._sql import (
     redact_url,
     run_already_finished,
     run_not_found,
-    side_inputs,
 )
 
 log = logging.getLogger("durable.history")
@@ -135,7 +133,7 @@ def _events(seqs: Sequence[int] | None, ats: Sequence[datetime], datas: Sequence
     return [RecordedEvent(seq, at, decode_event(data)) for seq, at, data in zip(seqs, ats, datas, strict=True)]
 
 
-class PostgresStore(PostgresMetrics, PostgresLogs, PostgresLive):
+class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
     """Runs and histories in PostgreSQL. Obtain one with ``history.open_store("postgresql://…")``.
 
     Args:
@@ -454,25 +452,8 @@ class PostgresStore(PostgresMetrics, PostgresLogs, PostgresLive):
         row = await self._db.fetchrow(q.GET_RUN, run_id)
         return None if row is None else _run(row)
 
-    async def list_runs(
-        self,
-        *,
-        workflow: str | None = None,
-        status: str | Sequence[str] | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        current_step: str | None = None,
-        started_after: datetime | None = None,
-        started_before: datetime | None = None,
-        queue: str | None = None,
-        parent_id: str | None = None,
-        search: str | None = None,
-        order_by: str = "-created_at",
-    ) -> RunPage:
-        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated; one round trip."""
-        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
-                          started_after=started_after, started_before=started_before, queue=queue,
-                          parent_id=parent_id, search=search, order_by=order_by)
+    async def _list_page(self, query: RunQuery) -> RunPage:
+        """One page of runs, in one round trip."""
         sql, args = list_runs_args(query)
         return page_from(query, [_run(row) for row in await self._db.fetch(sql, *args)])
 
@@ -549,10 +530,10 @@ class PostgresStore(PostgresMetrics, PostgresLogs, PostgresLive):
         self, batch: Sequence[Append], indexes: list[int], outcomes: list[Exception | None]
     ) -> None:
         items = [batch[i] for i in indexes]
-        args = _append_args(items)
-        full = any(_is_full(item) for item in items)
+        args = append_args(items)
+        full = any(is_full(item) for item in items)
         if full:
-            args += _full_args(items) + log_args(items)
+            args += full_args(items) + log_args(items)
         args.append([stored_step(item.current_step) for item in items])  # the last array of both statements
         async with self._db.acquire() as conn:
             # run id -> the parent that got a "child" message (None: none)
@@ -564,7 +545,7 @@ class PostgresStore(PostgresMetrics, PostgresLogs, PostgresLive):
         wake = False
         for index, item in zip(indexes, items, strict=True):
             if item.run_id not in applied:
-                outcomes[index] = _refusal(item, fences.get(item.run_id))
+                outcomes[index] = refusal(item, fences.get(item.run_id))
                 continue
             if item.events:
                 self.hub.notify_appended(item.run_id, item.first_seq + len(item.events) - 1, item.first_seq)
@@ -741,73 +722,3 @@ async def _keep_session(_conn: Any) -> None:
     """Skip asyncpg's default reset on release (``RESET ALL; UNLISTEN *; …``): one more round trip per query,
     and nothing to undo, since pooled connections never change session state (no SET, no LISTEN, advisory locks
     only transaction-scoped). asyncpg still rolls back a transaction left open."""
-
-
-def _append_args(items: Sequence[Append]) -> list[list[Any]]:
-    """The fifteen parallel arrays of ``APPEND``: ten with one element per item, five with one per event."""
-    columns: list[list[Any]] = [[] for _ in range(15)]
-    (run_ids, workers, epochs, firsts, counts, statuses, results, errors, wakes, releases,
-     e_runs, e_seqs, e_ats, e_types, e_datas) = columns  # fmt: skip
-    for item in items:
-        run_ids.append(item.run_id)
-        workers.append(item.worker_id)
-        epochs.append(item.epoch)
-        firsts.append(item.first_seq)
-        counts.append(len(item.events))
-        statuses.append(item.status)
-        results.append(item.result)
-        errors.append(encode_error(item.error))
-        wakes.append(item.wake_at)
-        releases.append(item.release)
-        for offset, event in enumerate(item.events):
-            e_runs.append(item.run_id)
-            e_seqs.append(item.first_seq + offset)
-            e_ats.append(item.at)
-            e_types.append(event_type(event))
-            e_datas.append(encode_event(event))
-    return columns
-
-
-def _is_full(item: Append) -> bool:
-    """Whether ``item`` needs ``APPEND_FULL``: it finishes its run, changes more than the run's row and events, or
-    carries log lines (so a step that logs nothing keeps the lean statement)."""
-    return (
-        item.status in FINISHED_STATUSES
-        or item.state is not None
-        or bool(item.consumed or item.open_inputs or item.close_inputs or item.logs)
-    )
-
-
-def _full_args(items: Sequence[Append]) -> list[list[Any]]:
-    """The twelve arrays ``APPEND_FULL`` adds: states (one per item), consumed messages, opened and closed inputs."""
-    columns: list[list[Any]] = [[] for _ in range(12)]
-    (states, c_runs, c_ids, o_runs, o_keys, o_prompts, o_specs, o_created, o_workflows, o_timeouts,
-     x_runs, x_keys) = columns  # fmt: skip
-    for item in items:
-        states.append(item.state)
-        c_runs += [item.run_id] * len(item.consumed)
-        c_ids += item.consumed
-        opened, closed = side_inputs(item)
-        for pending in opened:
-            o_runs.append(item.run_id)
-            o_keys.append(pending.key)
-            o_prompts.append(pending.prompt)
-            o_specs.append(pending.spec)
-            o_created.append(pending.created_at)
-            o_workflows.append(pending.workflow)
-            o_timeouts.append(pending.timeout_at)
-        x_runs += [item.run_id] * len(closed)
-        x_keys += closed
-    return columns
-
-
-def _refusal(item: Append, fence: Any) -> Exception:
-    """Why ``item`` was refused, from its run's lease and next_seq read just after: lease first, like memory."""
-    if fence is None:
-        return lease_lost(item.run_id)
-    _id, owner, epoch, live, next_seq = fence
-    if owner != item.worker_id or epoch != item.epoch or not live:
-        return lease_lost(item.run_id)
-    if next_seq != item.first_seq:
-        return history_conflict(item.run_id, item.first_seq, next_seq)
-    return lease_lost(item.run_id)  # the fence held again by the time we looked; report it as lost

@@ -27,7 +27,7 @@ from . import _sqlite_queries as q
 from ._codec import decode_event, encode_event, event_type
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
-from ._listing import page_from, run_query, stored_step
+from ._listing import ListsRuns, RunQuery, page_from, stored_step
 from ._live import StepNotice
 from ._notify import AppendedListener, Hub
 from ._records import (
@@ -142,7 +142,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore(SqliteMetrics, SqliteLogs):
+class SqliteStore(ListsRuns, SqliteMetrics, SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -381,25 +381,8 @@ class SqliteStore(SqliteMetrics, SqliteLogs):
         row = self._connection().execute(q.GET_RUN, (run_id,)).fetchone()
         return None if row is None else _run(row)
 
-    async def list_runs(
-        self,
-        *,
-        workflow: str | None = None,
-        status: str | Sequence[str] | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        current_step: str | None = None,
-        started_after: datetime | None = None,
-        started_before: datetime | None = None,
-        queue: str | None = None,
-        parent_id: str | None = None,
-        search: str | None = None,
-        order_by: str = "-created_at",
-    ) -> RunPage:
-        """Runs filtered and ordered as ``history._listing`` says, keyset-paginated."""
-        query = run_query(workflow=workflow, status=status, limit=limit, cursor=cursor, current_step=current_step,
-                          started_after=started_after, started_before=started_before, queue=queue,
-                          parent_id=parent_id, search=search, order_by=order_by)
+    async def _list_page(self, query: RunQuery) -> RunPage:
+        """One page of runs."""
         sql, args = list_runs_args(query)
         return page_from(query, await self._call(self._list_runs, sql, args))
 
