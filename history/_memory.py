@@ -21,10 +21,9 @@ from ._errors import (
 )
 from ._events import RecordedEvent
 from ._listing import ListsRuns, RunQuery, page_of
-from ._live import StepNotice
 from ._logs import select_lines
 from ._memory_metrics import MemoryMetrics
-from ._notify import AppendedListener, Hub
+from ._notify import Hub, InProcessLive
 from ._records import (
     FINISHED_STATUSES,
     PENDING,
@@ -50,7 +49,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore(ListsRuns, MemoryMetrics):
+class MemoryStore(ListsRuns, InProcessLive, MemoryMetrics):
     """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
 
     def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:
@@ -416,18 +415,6 @@ class MemoryStore(ListsRuns, MemoryMetrics):
     async def known_workflows(self) -> set[str]:
         """Every name any worker registered."""
         return set().union(*self._workflows.values()) if self._workflows else set()
-
-    # -- live events ------------------------------------------------------------------------------------------
-
-    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
-        """Hand the notices to this process's subscribers (there are no others)."""
-        self.hub.notify_step_started(notices)
-
-    async def subscribe_live(
-        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
-    ) -> Callable[[], None]:
-        """Listen to the appends and step starts of this process (there are no others)."""
-        return self.hub.subscribe_live(on_appended, on_step_started)
 
     # -- waiting on the world -----------------------------------------------------------------------------------
 

@@ -137,3 +137,20 @@ class Hub:
                 stops.pop()()
 
         return stop
+
+
+class InProcessLive:
+    """``Store.notify_step_started``/``subscribe_live`` for the stores that tell only their own process (memory,
+    SQLite): through the store's hub. Other processes see a SQLite run's steps when they are recorded (polling)."""
+
+    hub: Hub
+
+    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
+        """Hand the notices to this process's subscribers."""
+        self.hub.notify_step_started(notices)
+
+    async def subscribe_live(
+        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
+    ) -> Callable[[], None]:
+        """Listen to the appends and step starts of this process."""
+        return self.hub.subscribe_live(on_appended, on_step_started)

@@ -28,8 +28,7 @@ from ._codec import decode_event, encode_event, event_type
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
 from ._listing import ListsRuns, RunQuery, page_from, stored_step
-from ._live import StepNotice
-from ._notify import AppendedListener, Hub
+from ._notify import Hub, InProcessLive
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -142,7 +141,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore(ListsRuns, SqliteMetrics, SqliteLogs):
+class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -491,16 +490,6 @@ class SqliteStore(ListsRuns, SqliteMetrics, SqliteLogs):
                     messaged.append(parent_id)
             outcomes.append(None)
         return outcomes, messaged
-
-    def notify_step_started(self, notices: Sequence[StepNotice]) -> None:
-        """Hand the notices to this process's subscribers (other processes see the step when it is recorded)."""
-        self.hub.notify_step_started(notices)
-
-    async def subscribe_live(
-        self, on_appended: AppendedListener, on_step_started: Callable[[StepNotice], None]
-    ) -> Callable[[], None]:
-        """Listen to the appends and step starts of this process (other processes are seen by polling)."""
-        return self.hub.subscribe_live(on_appended, on_step_started)
 
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend the leases still held; report lost ones, requested cancellations and held runs with messages."""
