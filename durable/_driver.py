@@ -467,6 +467,8 @@ def current_step(instance: WorkflowInstance) -> str | None:
     if waits:
         return ",".join(waits)
     return "sleep" if instance.pending_timers else None
+
+
 def _logged_at(line: LogLine) -> datetime:
     return line.at
 

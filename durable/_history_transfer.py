@@ -44,7 +44,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 takes it ahead of other ready runs of the same workflow."""
 
 
-
 # -- export ---------------------------------------------------------------------------------------------------
 
 
