@@ -389,10 +389,12 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
             ValueError: an unknown level, or a limit, attempt or ``after_id`` out of range.
         """
         min_level = check_log_query(step, attempt, level, after_id, limit)
-        await self._get_run(run_id)
-        return await self.store.read_logs(
+        lines = await self.store.read_logs(
             run_id, step=step, attempt=attempt, min_level=min_level, after_id=after_id, limit=limit
         )
+        if not lines:  # one round trip when there are lines; without, tell an unknown run from a quiet one
+            await self._get_run(run_id)
+        return lines
 
     async def get_history(self, run_id: str) -> list[Any]:
         """The run's recorded events, in order (``history.RecordedEvent``)."""
