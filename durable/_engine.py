@@ -388,6 +388,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
             RunNotFound: no run has this id.
             ValueError: an unknown level, or a limit, attempt or ``after_id`` out of range.
         """
+        self._require_open()
         min_level = check_log_query(step, attempt, level, after_id, limit)
         lines = await self.store.read_logs(
             run_id, step=step, attempt=attempt, min_level=min_level, after_id=after_id, limit=limit
