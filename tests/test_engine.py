@@ -129,6 +129,13 @@ async def test_recorded_values_and_asyncio_timers_inside_workflows(engine_url: s
     assert timers == "timed out"
 
 
+def slept_seconds(result: str) -> float:
+    """The seconds `wf.sleeper` measured between its two ctx.now() calls ("slept 1.004" -> 1.004)."""
+    word, seconds = result.split()
+    assert word == "slept"
+    return float(seconds)
+
+
 async def test_long_sleep_releases_the_run_and_holds_no_worker_memory(engine_url: str) -> None:
     async with durable.Engine(engine_url, horizon=0.2) as engine:
         run = await engine.start(wf.sleeper, 1.0)
@@ -137,7 +144,8 @@ async def test_long_sleep_releases_the_run_and_holds_no_worker_memory(engine_url
         assert execution.status == "waiting"
         assert execution.wake_at is not None and execution.wake_at > datetime.now(UTC)
         assert engine.worker is not None and run.id not in engine.worker._drivers
-        assert await run.result(timeout=20) == "slept 1.0"
+        # ctx.now() after the sleep is the real firing time: never early, late by however busy the machine is.
+        assert slept_seconds(await run.result(timeout=20)) >= 1.0
 
 
 async def test_cancel_a_sleeping_run(engine_url: str) -> None:
@@ -225,7 +233,7 @@ async def test_result_timeout_leaves_the_run_going() -> None:
         run = await engine.start(wf.sleeper, 0.6)
         with pytest.raises(durable.ResultTimeout, match=r"did not finish within 0\.1s"):
             await run.result(timeout=0.1)
-        assert await run.result(timeout=10) == "slept 0.6"
+        assert slept_seconds(await run.result(timeout=10)) >= 0.6
 
 
 async def test_a_restarted_engine_fires_an_overdue_timer_at_once() -> None:
@@ -238,7 +246,7 @@ async def test_a_restarted_engine_fires_an_overdue_timer_at_once() -> None:
     # A fallback poll of a minute: only the worker's start-up claim can finish the run within the timeout.
     async with durable.Engine(store=store, horizon=0.1, poll_interval=60) as engine:
         slept = await engine.get_handle(run.id).result(timeout=10)
-    assert float(slept.split()[1]) >= 0.6  # ctx.now() after the sleep is the real (late) firing time
+    assert slept_seconds(slept) >= 0.6  # ctx.now() after the sleep is the real (late) firing time
 
 
 async def test_a_dead_workers_run_is_taken_over_when_its_lease_expires_not_a_poll_later(engine_url: str) -> None:

@@ -85,7 +85,7 @@ async def sleeper(ctx: durable.WorkflowContext, seconds: float) -> str:
     before = ctx.now()
     await ctx.sleep(timedelta(seconds=seconds))
     after = ctx.now()
-    return f"slept {(after - before).total_seconds():.1f}"
+    return f"slept {(after - before).total_seconds():.3f}"
 
 
 @durable.workflow(name="values")
