@@ -69,6 +69,10 @@ _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 _BLOCKED_RETRY = timedelta(seconds=60)
 """How long a run whose replay diverged waits before the next try (fixed code may be deployed by then)."""
 
+_NOTE_STEP_AFTER = 1.0
+"""How long steps run before the run's ``current_step`` is written on its own, when the last append did not
+know them (the first step of a fresh or just-woken run). A quicker step's append writes it anyway, at no cost."""
+
 
 @dataclass
 class _Attempt:
@@ -107,6 +111,10 @@ class RunDriver:
         self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
         self._world = WorldDriver(self)
+        self._recorded_step = claim.run.current_step  # the run's current_step as stored
+        self._step_note: asyncio.TimerHandle | None = None  # writes current_step if steps run long
+        self._noting: asyncio.Task[None] | None = None
+        self._appending = False
         telemetry = worker.telemetry
         # None unless OpenTelemetry is configured: then each hook below costs one test.
         self._obs: RunObserver | None = (
@@ -167,6 +175,10 @@ class RunDriver:
         finally:
             for task in self._running.values():
                 task.cancel()
+            if self._step_note is not None:
+                self._step_note.cancel()
+            if self._noting is not None:
+                self._noting.cancel()
             instance.close()
             if obs is not None:
                 obs.close()
@@ -253,6 +265,32 @@ class RunDriver:
                 started.append(StepNotice(self.run_id, self.run.workflow, cid, step.name, step.attempt, now))
         if started:  # live-only: StepScheduled is recorded with the outcome (engine.subscribe shows it running)
             self.worker.store.notify_step_started(started)
+            self._plan_step_note()
+
+    def _plan_step_note(self) -> None:
+        """Write ``current_step`` in ``_NOTE_STEP_AFTER`` if the steps running now are not what the run's row
+        says (list_executions(current_step=...) and the "doing" column would miss a long first step)."""
+        if self._step_note is None and self._instance is not None and (
+            current_step(self._instance) != self._recorded_step
+        ):
+            self._step_note = asyncio.get_running_loop().call_later(_NOTE_STEP_AFTER, self._note_step)
+
+    def _note_step(self) -> None:
+        self._step_note = None
+        if self._instance is None or self._lost or self._appending or self._noting is not None:
+            return  # an append in flight writes the current value itself
+        value = current_step(self._instance)
+        if value != self._recorded_step:
+            self._noting = asyncio.get_running_loop().create_task(self._write_step_note(value))
+
+    async def _write_step_note(self, value: str | None) -> None:
+        try:
+            await self.worker.store.note_current_step(self.run_id, self.worker.worker_id, self.epoch, value)
+            self._recorded_step = value
+        except Exception:  # only a hint for readers; the next append writes the truth
+            log.debug("run %s: writing current_step failed", self.run_id, exc_info=True)
+        finally:
+            self._noting = None
 
     def _collect_due_timers(self) -> None:
         now = self.worker.clock()
@@ -405,7 +443,15 @@ class RunDriver:
             update["logs"], self._logs = self._logs, []
         item = Append(run_id=self.run_id, worker_id=self.worker.worker_id, epoch=self.epoch,
                       first_seq=self._next_seq, events=events, at=at or self.worker.clock(), **update)
-        await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
+        if self._noting is not None:  # let a note commit first: it must not land after (and undo) this append
+            await asyncio.shield(self._noting)
+        self._appending = True
+        try:
+            await self.worker.append(item, lease_deadline=self.worker.lease_seconds)
+        finally:
+            self._appending = False
+        if "current_step" in update:
+            self._recorded_step = update["current_step"]
         self._next_seq += len(events)
         if self._obs is not None:
             self._obs.appended(events)

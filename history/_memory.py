@@ -387,6 +387,13 @@ class MemoryStore(ListsRuns, InProcessLive, MemoryMetrics):
         self.hub.notify_message(run_id)  # the driver of the run re-reads it; also wakes workers
         return run
 
+    async def note_current_step(self, run_id: str, worker_id: str, epoch: int, current_step: str | None) -> None:
+        """Set the held run's ``current_step`` (see ``Store.note_current_step``)."""
+        async with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None and not run.finished and self._holds(run, worker_id, epoch, self.clock()):
+                self._runs[run_id] = msgspec.structs.replace(run, current_step=current_step)
+
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
         """Flag a diverged run and release it until ``retry_at``."""
         async with self._lock:

@@ -474,6 +474,12 @@ WITH cancelled AS (
 SELECT {RUN_COLUMNS} FROM cancelled, LATERAL (SELECT pg_notify('durable_message', cancelled.id)) AS woken"""
 
 # Flag a diverged run with its report and release it until $5, if worker $2 still holds lease epoch $3.
+# Set the current_step of a run this worker holds (a long step between appends). An unindexed column only, so
+# the update stays HOT; updated_at is left alone.
+NOTE_CURRENT_STEP = f"""
+UPDATE durable_runs SET current_step = $4
+WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND lease_expires_at > now() AND status NOT IN {FINISHED}"""
+
 MARK_BLOCKED = """
 UPDATE durable_runs
 SET blocked = $4, wake_at = $5, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()

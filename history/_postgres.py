@@ -599,6 +599,10 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
         self.hub.notify_message(run_id)  # also wakes workers (notify_work)
         return _run(row)
 
+    async def note_current_step(self, run_id: str, worker_id: str, epoch: int, current_step: str | None) -> None:
+        """Set the held run's ``current_step`` (see ``Store.note_current_step``); one round trip."""
+        await self._db.execute(q.NOTE_CURRENT_STEP, run_id, worker_id, epoch, current_step)
+
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
         """Flag a diverged run with ``report`` and release it until ``retry_at``.
 

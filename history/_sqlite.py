@@ -533,6 +533,15 @@ class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
             raise run_not_found(run_id)
         return _run(row), False
 
+    async def note_current_step(self, run_id: str, worker_id: str, epoch: int, current_step: str | None) -> None:
+        """Set the held run's ``current_step`` (see ``Store.note_current_step``)."""
+        await self._write(self._note_current_step, run_id, worker_id, epoch, current_step)
+
+    @staticmethod
+    def _note_current_step(db: sqlite3.Connection, now: int, run_id: str, worker_id: str, epoch: int,
+                           current_step: str | None) -> None:
+        db.execute(q.NOTE_CURRENT_STEP, (run_id, worker_id, epoch, current_step, now))
+
     async def mark_blocked(self, run_id: str, worker_id: str, epoch: int, report: str, retry_at: datetime) -> None:
         """Flag a diverged run with ``report`` and release it until ``retry_at``.
 

@@ -231,6 +231,11 @@ WHERE id = ?1 AND status NOT IN {FINISHED}
 RETURNING {RUN_COLUMNS}"""
 
 # Flag a diverged run with report ?4 and release it until ?5, if worker ?2 holds lease epoch ?3 live at ?6.
+# Set the current_step of a run this worker holds (a long step between appends); updated_at is left alone.
+NOTE_CURRENT_STEP = f"""
+UPDATE durable_runs SET current_step = ?4
+WHERE id = ?1 AND lease_owner = ?2 AND lease_epoch = ?3 AND lease_expires_at > ?5 AND status NOT IN {FINISHED}"""
+
 MARK_BLOCKED = """
 UPDATE durable_runs
 SET blocked = ?4, wake_at = ?5, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?6

@@ -139,6 +139,12 @@ class Store(Protocol):
         """The run's log lines with ``id > after_id``, by id, filtered by step name, attempt number and lowest
         level; at most ``limit``. Pass the last id seen as ``after_id`` to read on (or to tail a live run)."""
 
+    async def note_current_step(self, run_id: str, worker_id: str, epoch: int, current_step: str | None) -> None:
+        """Set the run's ``current_step`` between appends (a long step the run's last append did not know of yet,
+        such as the first step of a fresh or just-woken run). Written only while ``worker_id`` holds the lease at
+        ``epoch``; otherwise nothing happens (the worker learns of a lost lease from its heartbeat or append).
+        Leaves ``updated_at`` alone: it is not a change of the run's state."""
+
     async def heartbeat(self, worker_id: str, leases: dict[str, int], lease_seconds: float) -> Heartbeat:
         """Extend the leases held (run id -> epoch); report lost ones and pending cancellations."""
 

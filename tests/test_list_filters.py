@@ -184,6 +184,30 @@ async def test_appends_set_keep_or_clear_current_step_and_finishing_clears_it(st
     assert await step_append([], status=COMPLETED, result=b"1", current_step="anything") is None
 
 
+async def test_note_current_step_writes_only_for_the_lease_holder_and_never_on_a_finished_run(store: Store) -> None:
+    await store.create_run(new_run("noted", workflow="steps"))
+    claim = await claim_one(store, workflow="steps", lease=600)
+    before = await store.get_run("noted")
+    assert before is not None
+
+    async def stored() -> str | None:
+        run = await store.get_run("noted")
+        assert run is not None
+        return run.current_step
+
+    await store.note_current_step("noted", "someone-else", claim.run.lease_epoch, "stolen")
+    await store.note_current_step("noted", claim.run.lease_owner or "", claim.run.lease_epoch + 1, "stale epoch")
+    assert await stored() is None
+    await store.note_current_step("noted", claim.run.lease_owner or "", claim.run.lease_epoch, "charge")
+    after = await store.get_run("noted")
+    assert after is not None and after.current_step == "charge"
+    assert after.updated_at == before.updated_at  # a hint for readers, not a change of state
+    await store.note_current_step("missing", claim.run.lease_owner or "", 1, "x")  # nothing to write: no error
+    assert await store.append([append(claim, [], status=COMPLETED, result=b"1", release=True)]) == [None]
+    await store.note_current_step("noted", claim.run.lease_owner or "", claim.run.lease_epoch, "too late")
+    assert await stored() is None
+
+
 async def test_a_finished_runs_updated_at_is_its_finished_at(store: Store) -> None:
     # PostgreSQL lists by updated_at through the finished_at index for finished runs (no index on updated_at):
     # that holds only while nothing updates a finished run's row.
@@ -345,6 +369,48 @@ async def test_current_step_names_parallel_steps_then_the_event_waited_for(engin
         assert [e.id for e in await engine.list_executions(current_step="event:paid", status="waiting")] == [run.id]
         await engine.send_event(run.id, "paid", {"amount": 3})
         assert await run.result(timeout=20) == {"amount": 3}
+        assert (await engine.get_execution(run.id)).current_step is None
+
+
+_first_gate = threading.Event()
+_woken_gate = threading.Event()
+
+
+@durable.step(name="list_first")
+def _first() -> str:
+    assert _first_gate.wait(30), "the test never released the first step"
+    return "first"
+
+
+@durable.step(name="list_after_sleep")
+def _after_sleep() -> str:
+    assert _woken_gate.wait(30), "the test never released the step after the sleep"
+    return "woken"
+
+
+@durable.workflow(name="list_long_first_step")
+async def _long_first_step(ctx: durable.WorkflowContext) -> list[str]:
+    first = await _first()
+    await asyncio.sleep(0.2)  # released (horizon 0.05): the row says "sleep" until the woken run's append
+    return [first, await _after_sleep()]
+
+
+async def test_current_step_names_a_long_step_no_append_has_recorded_yet(engine_url: str) -> None:
+    # A fresh run's first step has no append before it ends: the worker writes current_step on its own once it
+    # has run a second, so a stuck first step is found by its name. After a wake-up, the TimerFired append names
+    # the step that follows.
+    _first_gate.clear()
+    _woken_gate.clear()
+    async with durable.Engine(engine_url, horizon=0.05) as engine:
+        run = await engine.start(_long_first_step)
+        execution = await _current_step_becomes(engine, run.id, "list_first")
+        assert (execution.status, execution.current_step) == ("running", "list_first")
+        assert [e.id for e in await engine.list_executions(current_step="list_first")] == [run.id]
+        _first_gate.set()
+        execution = await _current_step_becomes(engine, run.id, "list_after_sleep")
+        assert (execution.status, execution.current_step) == ("running", "list_after_sleep")
+        _woken_gate.set()
+        assert await run.result(timeout=20) == ["first", "woken"]
         assert (await engine.get_execution(run.id)).current_step is None
 
 
