@@ -35,7 +35,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import msgspec
 
@@ -289,9 +289,10 @@ class _TeeStream:
     """``sys.stdout``/``sys.stderr`` while capture is installed: every write goes to the original stream, and is
     also kept when a step attempt runs in the current context. Everything else is the original's."""
 
-    def __init__(self, original: IO[str], name: str) -> None:
+    def __init__(self, original: TextIO, name: str) -> None:
         self._original = original
         self._name = name
+        self._buffer: _TeeBinary | None = None
 
     def write(self, text: str) -> int:
         capture = _current_buffer() if _installed else None
@@ -303,6 +304,43 @@ class _TeeStream:
     def writelines(self, lines: Any) -> None:
         for text in lines:
             self.write(text)
+
+    @property
+    def buffer(self) -> _TeeBinary:
+        """The original's binary buffer, tee'd too: ``sys.stdout.buffer.write(b"...")`` is captured as text."""
+        if self._buffer is None:  # AttributeError, as before, when the original has no buffer (a StringIO)
+            encoding = getattr(self._original, "encoding", None) or "utf-8"
+            self._buffer = _TeeBinary(self._original.buffer, self._name, encoding)
+        return self._buffer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _TeeBinary:
+    """``sys.stdout.buffer``/``sys.stderr.buffer`` while capture is installed: bytes go to the original buffer and,
+    decoded with the stream's encoding, to the current attempt's buffer. Each write is decoded on its own, so a
+    character split across two writes is kept as replacement characters (its bytes still reach the terminal)."""
+
+    def __init__(self, original: IO[bytes], name: str, encoding: str) -> None:
+        self._original = original
+        self._name = name
+        self._encoding = encoding
+
+    def write(self, data: Any) -> int:
+        capture = _current_buffer() if _installed else None
+        if capture is not None:
+            try:
+                text = bytes(data).decode(self._encoding, errors="replace")
+            except (TypeError, LookupError):  # not bytes-like, or an encoding Python does not know: not ours to fix
+                text = ""
+            if text:
+                capture.write(self._name, text)
+        return self._original.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)

@@ -226,6 +226,32 @@ async def test_output_still_reaches_the_terminal_and_the_handlers(
     assert "greeted ada" in [r.getMessage() for r in caplog.records]
 
 
+@durable.step
+def writes_bytes(text: str) -> None:
+    sys.stdout.buffer.write(text.encode() + b"\n")
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.writelines([b"half a ", b"line, then the rest\n"])
+
+
+@durable.workflow(name="logs_bytes")
+async def bytes_writer(ctx: durable.WorkflowContext, text: str) -> None:
+    await writes_bytes(text)
+
+
+async def test_bytes_written_to_the_streams_buffers_are_captured_as_text(
+    engine_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    async with durable.Engine(engine_url) as engine:
+        handle = await engine.start(bytes_writer, "día 1 ✓")
+        await handle.result(timeout=30)
+        lines = await engine.get_logs(handle.id, step="writes_bytes")
+    assert [(line.stream, line.message) for line in lines] == [
+        ("stdout", "día 1 ✓"), ("stderr", "half a line, then the rest"),
+    ]
+    out, err = capfd.readouterr()
+    assert "día 1 ✓\n" in out and "half a line, then the rest\n" in err  # still reaches the terminal
+
+
 async def test_nothing_is_captured_or_installed_when_capture_is_off(engine_url: str) -> None:
     async with durable.Engine(engine_url, capture_logs=False) as engine:
         assert not isinstance(sys.stdout, _logs._TeeStream)
