@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -136,22 +137,33 @@ def slept_seconds(result: str) -> float:
     return float(seconds)
 
 
+async def parked(engine: durable.Engine, run_id: str, timeout: float = 20.0) -> durable.Execution:
+    """The run once it is released, waiting, and no longer driven by the engine's worker (each is a moment after
+    the last on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        execution = await engine.get_execution(run_id)
+        held = engine.worker is not None and run_id in engine.worker._drivers
+        if (execution.status == "waiting" and not held) or time.monotonic() > deadline:
+            return execution
+        await asyncio.sleep(0.01)
+
+
 async def test_long_sleep_releases_the_run_and_holds_no_worker_memory(engine_url: str) -> None:
     async with durable.Engine(engine_url, horizon=0.2) as engine:
-        run = await engine.start(wf.sleeper, 1.0)
-        await asyncio.sleep(0.5)
-        execution = await engine.get_execution(run.id)
+        run = await engine.start(wf.sleeper, 2.0)
+        execution = await parked(engine, run.id)
         assert execution.status == "waiting"
         assert execution.wake_at is not None and execution.wake_at > datetime.now(UTC)
         assert engine.worker is not None and run.id not in engine.worker._drivers
         # ctx.now() after the sleep is the real firing time: never early, late by however busy the machine is.
-        assert slept_seconds(await run.result(timeout=20)) >= 1.0
+        assert slept_seconds(await run.result(timeout=20)) >= 2.0
 
 
 async def test_cancel_a_sleeping_run(engine_url: str) -> None:
     async with durable.Engine(engine_url, horizon=0.1) as engine:
         run = await engine.start(wf.sleeper, 3600)
-        await asyncio.sleep(0.3)
+        assert (await parked(engine, run.id)).status == "waiting"
         await engine.cancel(run.id, reason="customer changed their mind")
         with pytest.raises(durable.WorkflowCancelled) as info:
             await run.result(timeout=20)
@@ -165,8 +177,7 @@ async def test_cancel_a_sleeping_run(engine_url: str) -> None:
 async def test_a_run_waiting_for_nothing_is_parked_not_replayed_in_a_loop(engine_url: str) -> None:
     async with durable.Engine(engine_url, poll_interval=0.05) as engine:
         run = await engine.start(wf.waits_forever)
-        await asyncio.sleep(0.5)
-        execution = await engine.get_execution(run.id)
+        execution = await parked(engine, run.id)
         assert execution.status == "waiting" and execution.wake_at is not None and execution.wake_at.year == 9999
         assert engine.worker is not None and engine.worker.active_runs == 0
         await engine.cancel(run.id, reason="stop waiting")
@@ -239,14 +250,14 @@ async def test_result_timeout_leaves_the_run_going() -> None:
 async def test_a_restarted_engine_fires_an_overdue_timer_at_once() -> None:
     store = MemoryStore()
     async with durable.Engine(store=store, horizon=0.1) as engine:
-        run = await engine.start(wf.sleeper, 0.3)
-        await asyncio.sleep(0.15)
-        assert (await engine.get_execution(run.id)).status == "waiting"
-    await asyncio.sleep(0.5)  # the timer comes due while no worker runs
+        run = await engine.start(wf.sleeper, 1.0)
+        execution = await parked(engine, run.id)
+        assert execution.status == "waiting" and execution.wake_at is not None
+    await asyncio.sleep(max(0.0, (execution.wake_at - datetime.now(UTC)).total_seconds()) + 0.3)  # due, no worker
     # A fallback poll of a minute: only the worker's start-up claim can finish the run within the timeout.
     async with durable.Engine(store=store, horizon=0.1, poll_interval=60) as engine:
         slept = await engine.get_handle(run.id).result(timeout=10)
-    assert slept_seconds(slept) >= 0.6  # ctx.now() after the sleep is the real (late) firing time
+    assert slept_seconds(slept) >= 1.3  # ctx.now() after the sleep is the real (late) firing time
 
 
 async def test_a_dead_workers_run_is_taken_over_when_its_lease_expires_not_a_poll_later(engine_url: str) -> None:

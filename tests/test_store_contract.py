@@ -198,12 +198,14 @@ async def test_two_store_instances_never_claim_the_same_run(store: Store, store_
 
 async def test_claim_takes_only_runs_whose_wake_time_has_come(store: Store) -> None:
     await store.create_run(new_run(wake_at=now() + timedelta(hours=1)))  # not due for an hour
-    soon, _ = await store.create_run(new_run(wake_at=now() + timedelta(seconds=0.3)))
+    # A second's margin: on a busy machine the claim below must still come before `soon` is due.
+    soon, _ = await store.create_run(new_run(wake_at=now() + timedelta(seconds=1)))
     due, _ = await store.create_run(new_run(wake_at=now() - timedelta(seconds=1)))
     [first] = await store.claim("w1", ["wf"], 10, 30)
     assert first.run.id == due.id
     assert await store.next_wake_at(["wf"]) == soon.wake_at  # before the lease of `due` expires
-    await asyncio.sleep(0.4)
+    assert soon.wake_at is not None
+    await asyncio.sleep((soon.wake_at - now()).total_seconds() + 0.1)
     [claim] = await store.claim("w1", ["wf"], 10, 30)
     assert claim.run.id == soon.id and claim.run.wake_at is None
     # `later` wakes in an hour; the lease taken on `due` expires (if never renewed) sooner: that comes first.
@@ -455,7 +457,7 @@ async def test_cancel_requests_wake_a_sleeping_run_and_leave_finished_ones_alone
 
 async def test_mark_blocked_flags_releases_and_retries_later(store: Store) -> None:
     claim = await start(store)
-    retry = now() + timedelta(seconds=0.3)
+    retry = now() + timedelta(seconds=1)  # a second's margin for the checks below, which come before it
     with pytest.raises(LeaseLost):
         await store.mark_blocked(claim.run.id, "w1", 0, "report", retry)
     with pytest.raises(LeaseLost):
@@ -467,7 +469,7 @@ async def test_mark_blocked_flags_releases_and_retries_later(store: Store) -> No
     assert (run.blocked, run.wake_at, run.lease_owner, run.lease_expires_at) == ("command 3 changed", retry, None, None)
     assert await store.claim("w2", ["wf"], 10, 30) == []
     assert await store.next_wake_at(["wf"]) == retry
-    await asyncio.sleep(0.4)
+    await asyncio.sleep((retry - now()).total_seconds() + 0.1)
     again = await claim_one(store, "w2")
     assert again.run.blocked == "command 3 changed"  # still blocked until the fixed code gets further
     assert await store.append([append(again, step(1))]) == [None]
