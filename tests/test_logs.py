@@ -6,6 +6,8 @@ and ``durable logs``; ``ctx.logger`` lines are kept once and never re-emitted on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import logging
 import os
 import subprocess
@@ -250,6 +252,32 @@ async def test_bytes_written_to_the_streams_buffers_are_captured_as_text(
     ]
     out, err = capfd.readouterr()
     assert "día 1 ✓\n" in out and "half a line, then the rest\n" in err  # still reaches the terminal
+
+
+def _in_a_thread(tag: str) -> None:
+    print(f"{tag} from a helper thread")
+
+
+@durable.step
+async def hands_work_to_threads() -> None:
+    await asyncio.to_thread(_in_a_thread, "to_thread")  # copies the context itself
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(context.run, _in_a_thread, "copied context").result()
+        pool.submit(_in_a_thread, "bare pool").result()  # no context: not the step's
+
+
+@durable.workflow(name="logs_threads")
+async def thread_helper(ctx: durable.WorkflowContext) -> None:
+    await hands_work_to_threads()
+
+
+async def test_threads_a_step_starts_keep_its_lines_when_they_carry_its_context(engine_url: str) -> None:
+    async with durable.Engine(engine_url) as engine:
+        handle = await engine.start(thread_helper)
+        await handle.result(timeout=30)
+        lines = await engine.get_logs(handle.id)
+    assert [line.message for line in lines] == ["to_thread from a helper thread", "copied context from a helper thread"]
 
 
 async def test_nothing_is_captured_or_installed_when_capture_is_off(engine_url: str) -> None:
