@@ -373,7 +373,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     from ._cli_world import world_sections, world_view
     from ._logs import MAX_READ
 
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         execution = await engine.get_execution(args.run_id, include_steps=True)
         events = await engine.get_history(args.run_id)
         world = await world_view(engine, execution)
@@ -400,7 +400,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a run and say what happened."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             execution = await engine.cancel(args.run_id, reason=args.reason)
         except RunNotFound:  # the store's own message names neither the database nor the way to find ids

@@ -56,7 +56,7 @@ async def cmd_cleanup(args: argparse.Namespace) -> int:
             "cleanup deletes nothing without an age: give --completed-older-than, --failed-older-than and/or "
             "--cancelled-older-than (e.g. --completed-older-than 30d --failed-older-than 90d)"
         )
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         report = await engine.cleanup(**ages, batch_size=args.batch_size, dry_run=args.dry_run)
     if args.json:
         print(msgspec.json.encode({**msgspec.to_builtins(report), "total": report.total}).decode())

@@ -154,7 +154,7 @@ def _add_replay(add: Any) -> None:
 
 async def cmd_history_show(args: argparse.Namespace) -> int:
     """Print a run's events as a table (or JSON), and with ``--follow`` the new ones until it ends."""
-    store = open_store(args.database_url)
+    store = open_store(args.database_url, create_schema=False)
     await store.open()
     try:
         run, events = await read_run(store, args.run_id)
@@ -324,7 +324,7 @@ async def cmd_history_export(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    store = open_store(args.database_url)
+    store = open_store(args.database_url, create_schema=False)
     await store.open()
     try:
         documents = []
@@ -437,7 +437,7 @@ async def _load_sources(args: argparse.Namespace) -> list[tuple[str, HistoryDocu
     path = Path(args.source)
     if path.exists() or path.suffix in (".json", ".jsonl") or os.sep in args.source:
         return list(iter_histories(path))  # a missing file is reported as such
-    store = open_store(args.database_url)
+    store = open_store(args.database_url, create_schema=False)
     await store.open()
     try:
         run = await store.get_run(args.source)

@@ -57,7 +57,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
     """Print runs as a table, then how to get the next page."""
     filtered = any((args.workflow, args.status, args.step, args.queue, args.parent, args.since, args.until,
                     args.search, args.cursor))  # fmt: skip
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             page = await engine.list_executions(
                 workflow=args.workflow, status=args.status, current_step=args.step, queue=args.queue,

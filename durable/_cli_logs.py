@@ -63,7 +63,7 @@ def _attempt(text: str) -> int:
 
 async def cmd_logs(args: argparse.Namespace) -> int:
     """Print the run's lines; with ``--follow``, poll for new ones until the run has finished and all are out."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         printer = _LinePrinter(_format.Style.for_stream(sys.stdout), as_json=args.json)
         last = 0
         while True:

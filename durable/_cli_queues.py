@@ -86,7 +86,7 @@ def _config_cells(config: QueueConfig) -> list[str]:
 
 async def cmd_queues_list(args: argparse.Namespace) -> int:
     """Print every queue with its settings and counts."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         configs = await engine.queues.list()
         stats = [await engine.queues.stats(config.name) for config in configs]
     if args.json:
@@ -104,7 +104,7 @@ async def cmd_queues_list(args: argparse.Namespace) -> int:
 
 async def cmd_queues_stats(args: argparse.Namespace) -> int:
     """Print one queue's counts and settings."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         stats = await engine.queues.stats(args.name)
     if args.json:
         print(msgspec.json.encode(msgspec.to_builtins(stats)).decode())

@@ -36,7 +36,7 @@ def period_option(text: str) -> str:
 
 async def cmd_stats(args: argparse.Namespace) -> int:
     """Print the metrics of the period as a table, one row per workflow and a total."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         metrics = await engine.get_metrics(args.workflow, period=args.period)
     if args.json:
         document = msgspec.json.encode(metrics)

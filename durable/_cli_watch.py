@@ -41,7 +41,7 @@ async def cmd_watch(args: argparse.Namespace) -> int:
             f"({args.database_url} does not): give a RUN_ID to follow one run (its history is read every second), "
             f"or use a postgresql:// database"
         )
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             subscription = engine.subscribe(args.run_id, workflow=args.workflow, after_seq=args.after)
         except (TypeError, ValueError) as exc:  # e.g. RUN_ID with --workflow: the user's to fix (exit 2)

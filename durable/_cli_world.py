@@ -74,7 +74,7 @@ def parse_json(text: str | None, flag: str) -> Any:
 async def cmd_send_event(args: argparse.Namespace) -> int:
     """Send an event to a run; it is kept until the run waits for it."""
     data = parse_json(args.data, "--data")
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             await engine.send_event(args.run_id, args.name, data)
         except RunAlreadyFinished as exc:
@@ -86,7 +86,7 @@ async def cmd_send_event(args: argparse.Namespace) -> int:
 
 async def cmd_inputs_list(args: argparse.Namespace) -> int:
     """Print the pending inputs as a table, or with ``--json`` every field and the full spec."""
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         if args.run is not None:
             await _run(engine, args.run)  # an unknown run is an error, not an empty list
         pending = await engine.list_pending_inputs(args.run, workflow=args.workflow, limit=args.limit)
@@ -109,7 +109,7 @@ async def cmd_inputs_list(args: argparse.Namespace) -> int:
 async def cmd_inputs_provide(args: argparse.Namespace) -> int:
     """Answer an input; a value that does not fit its schema is refused field by field (exit 1)."""
     value = parse_json(args.value, "--value")
-    async with Engine(args.database_url, worker=False) as engine:
+    async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             await engine.provide_input(args.run_id, args.key, value)
         except InputValidationError as exc:  # several lines, one per field: not the one-paragraph report

@@ -127,6 +127,9 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
         tracer_provider, meter_provider: OpenTelemetry providers for spans and metrics, of this engine (the trace
             context stored with the runs it starts, ``durable.runs.started``) and of its worker (default: the
             global ones; see docs/observability-tracing.md).
+        create_schema: ``False`` refuses to open a database ``url`` that has no Durable schema, rather than create
+            one (``SchemaError``; a missing SQLite file: ``DatabaseUnavailable``). For tools that only look at runs
+            a worker made, so that a wrong URL is reported instead of leaving empty tables behind.
 
     Use it as ``async with Engine(...) as engine:``, or call ``await engine.open()`` and ``await engine.close()``.
     """
@@ -149,10 +152,11 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
         retention: Retention | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        create_schema: bool = True,
     ) -> None:
         if retention is not None and not worker:
             raise ValueError("retention= runs in the in-process worker: give worker=True, or use `durable worker`")
-        self.store: Store = store if store is not None else open_store(url)
+        self.store: Store = store if store is not None else open_store(url, create_schema=create_schema)
         self._run_worker = worker
         self._workflows = workflows
         self._clock = clock or _utcnow

@@ -16,8 +16,12 @@ def default_url() -> str:
     return os.environ.get("DURABLE_DATABASE_URL") or DEFAULT_URL
 
 
-def open_store(url: str | None = None) -> Store:
+def open_store(url: str | None = None, *, create_schema: bool = True) -> Store:
     """A (not yet opened) store for ``url``: ``postgresql://…``, ``sqlite:///path.db`` or ``memory://``.
+
+    ``create_schema=False``: opening refuses a database without Durable's schema (``SchemaError``; for SQLite, a
+    file that does not exist: ``DatabaseUnavailable``) instead of creating it. An older Durable schema is still
+    upgraded. For tools that only look at runs (the read-only CLI commands, a dashboard).
 
     Raises:
         DurableError: the URL's scheme is none of these.
@@ -27,11 +31,11 @@ def open_store(url: str | None = None) -> Store:
     if scheme in ("postgresql", "postgres"):
         from ._postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, create_schema=create_schema)
     if scheme == "sqlite":
         from ._sqlite import SqliteStore
 
-        return SqliteStore(url)
+        return SqliteStore(url, create_schema=create_schema)
     if scheme == "memory":
         from ._memory import MemoryStore
 

@@ -70,6 +70,7 @@ from ._records import (
 )
 from ._sql import (
     check_finished_list,
+    check_may_create,
     check_not_newer,
     decode_error,
     input_already_provided,
@@ -153,8 +154,10 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
         max_size: int = 10,
         connect_timeout: float = 10.0,
         listen: bool = True,
+        create_schema: bool = True,
     ) -> None:
         self.url = redact_url(url)
+        self.create_schema = create_schema
         self.hub = Hub()
         self._dsn = url
         self._min_size = min_size
@@ -270,6 +273,7 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
         latest = self._migrations[-1].version
         current = await self._schema_version(conn)
         check_not_newer(current, self._migrations, self.url)
+        check_may_create(current, self.create_schema, self.url)
         if current == latest:  # the common case: one query, no lock
             return []
         applied = []

@@ -59,6 +59,17 @@ def check_not_newer(current: int, migrations: list[Migration], where: str) -> No
         )
 
 
+def check_may_create(current: int, create: bool, where: str) -> None:
+    """Refuse to create the schema in a database that has none when the caller only means to use one (a
+    read-only command pointed at the wrong database must not leave Durable's tables there)."""
+    if current == 0 and not create:
+        raise SchemaError(
+            f"{where} has no Durable schema: is it the database your workers use? Point --database-url or "
+            f"DURABLE_DATABASE_URL at that one (a worker, `durable start` or `durable db upgrade` creates the "
+            f"schema in a new database)"
+        )
+
+
 def lease_lost(run_id: str) -> LeaseLost:
     """The error of an append or a blocked-mark by a worker that no longer holds the run's lease."""
     return LeaseLost(f"run {run_id!r}: this worker no longer holds its lease")

@@ -48,6 +48,7 @@ from ._records import (
 from ._sql import (
     Migration,
     check_finished_list,
+    check_may_create,
     check_not_newer,
     decode_error,
     encode_error,
@@ -151,8 +152,11 @@ class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
             power cut; ``"normal"`` survives a crash of the process but not of the machine, and is faster.
     """
 
-    def __init__(self, url: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 10.0, synchronous: str = "full", create_schema: bool = True
+    ) -> None:
         self.url = url
+        self.create_schema = create_schema
         self.hub = Hub()
         self.path = sqlite_path(url)
         if synchronous.lower() not in ("off", "normal", "full", "extra"):
@@ -237,6 +241,11 @@ class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
 
     def _open_sync(self) -> None:
         try:
+            if self.path != ":memory:" and not self.create_schema and not os.path.exists(self.path):
+                raise DatabaseUnavailable(
+                    f"there is no SQLite database {os.path.abspath(self.path)}: run this where your workers run, or "
+                    f"point --database-url or DURABLE_DATABASE_URL at their database"
+                )
             if self.path != ":memory:":
                 folder = os.path.dirname(os.path.abspath(self.path))
                 if not os.path.isdir(folder):
@@ -305,6 +314,7 @@ class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
         except sqlite3.OperationalError:  # no version table yet
             current = 0
         check_not_newer(current, self._migrations, self.path)
+        check_may_create(current, self.create_schema, self.path)
         if current == latest:
             return []
         return self._transaction(self._apply_migrations)

@@ -59,6 +59,14 @@ def run_async(make: Callable[[], Awaitable[_T]]) -> _T:
         return pool.submit(asyncio.run, main()).result()
 
 
+def sqlite_url_with_schema(path: Path) -> str:
+    """``sqlite:///<path>``, a new database with Durable's schema as a worker leaves it: the commands that only
+    look at runs refuse a database without one (``create_schema=False``)."""
+    url = f"sqlite:///{path}"
+    run_async(lambda: history.open_store(url).upgrade())
+    return url
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------------------------
 
 POSTGRES_ENV = "DURABLE_TEST_POSTGRES_URL"

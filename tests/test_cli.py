@@ -7,18 +7,23 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from durable import _format
 from durable._cli import main
+
+from .conftest import _admin, run_async, sqlite_url_with_schema, with_database
 
 ORDER = {"order_id": "T-1", "items": ["book", "mug"], "amount": 9.5}
 
@@ -42,7 +47,7 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'x.db'}"
+    return sqlite_url_with_schema(tmp_path / "x.db")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -245,11 +250,63 @@ def test_start_show_list_on_postgres(
     assert code == 0 and out.splitlines()[1].split()[:3] == [run_id, "process_order", "completed"], err
 
 
-def test_db_upgrade_creates_the_schema_once(capsys: pytest.CaptureFixture[str], url: str) -> None:
+def test_db_upgrade_creates_the_schema_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
     code, out, err = run_cli(capsys, "--database-url", url, "db", "upgrade")
     assert code == 0 and "applied migration(s) 1" in out, err
     code, out, err = run_cli(capsys, "db", "upgrade", "--database-url", url)  # global options go anywhere
     assert code == 0 and "already up to date" in out, err
+
+
+LOOKING_COMMANDS = [
+    ["list"], ["show", "r-1"], ["history", "r-1"], ["logs", "r-1"], ["stats"], ["cleanup", "--completed-older-than",
+    "30d"], ["cancel", "r-1"], ["send-event", "r-1", "paid"], ["inputs", "list"], ["queues", "list"],
+]
+
+
+@pytest.mark.parametrize("argv", LOOKING_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_commands_that_use_runs_refuse_a_database_without_them_and_leave_it_as_it_was(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    missing = tmp_path / "typo.db"
+    code, out, err = run_cli(capsys, "--database-url", f"sqlite:///{missing}", *argv)
+    assert (code, out) == (1, "")
+    assert f"there is no SQLite database {missing}" in err and "DURABLE_DATABASE_URL" in err
+    assert not missing.exists()  # not created empty on the way
+    other = tmp_path / "someone_elses.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (body TEXT)").connection.commit()
+    code, out, err = run_cli(capsys, "--database-url", f"sqlite:///{other}", *argv)
+    assert (code, out) == (1, "")
+    assert "has no Durable schema: is it the database your workers use?" in err
+    tables = {row[0] for row in sqlite3.connect(other).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"notes"}
+
+
+def test_a_postgres_database_without_the_schema_is_refused_not_filled(
+    capsys: pytest.CaptureFixture[str], postgres_server_url: str
+) -> None:
+    name = f"durable_empty_{uuid.uuid4().hex[:8]}"
+    empty = with_database(postgres_server_url, name)
+    run_async(lambda: _admin(postgres_server_url, f"CREATE DATABASE {name}"))
+    try:
+        for argv in (["list"], ["logs", "r-1"], ["stats"], ["watch", "r-1"]):
+            code, out, err = run_cli(capsys, "--database-url", empty, *argv)
+            assert (code, out) == (1, "") and "has no Durable schema" in err, err
+        assert run_async(lambda: _tables(empty)) == []
+        code, out, err = run_cli(capsys, "--database-url", empty, "db", "upgrade")  # what the message suggests
+        assert code == 0, err
+        code, out, err = run_cli(capsys, "--database-url", empty, "list")
+        assert code == 0, err
+    finally:
+        run_async(lambda: _admin(postgres_server_url, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+async def _tables(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [row[0] for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    finally:
+        await conn.close()
 
 
 def test_failed_run_shows_its_error_and_the_step_traceback(

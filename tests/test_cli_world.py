@@ -20,6 +20,7 @@ import durable
 from durable._cli_world import spec_summary
 from history import MemoryStore
 
+from .conftest import sqlite_url_with_schema
 from .test_cli import _child_env, run_cli, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -53,7 +54,7 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'world.db'}"
+    return sqlite_url_with_schema(tmp_path / "world.db")
 
 
 @pytest.fixture

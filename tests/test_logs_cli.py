@@ -16,6 +16,7 @@ import pytest
 import durable
 from durable._cli import main
 
+from .conftest import sqlite_url_with_schema
 from .test_logs import greeting, retried, traceback_workflow
 
 
@@ -28,7 +29,7 @@ def _info_level(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'logs.db'}"
+    return sqlite_url_with_schema(tmp_path / "logs.db")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

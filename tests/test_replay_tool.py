@@ -27,6 +27,7 @@ from durable._cli import main
 from history import MemoryStore, RecordedEvent, TimerStarted, open_store
 
 from . import wf_samples as wf
+from .conftest import sqlite_url_with_schema
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +319,7 @@ def record_into(url: str, workflow: durable.Workflow, *args: Any, run_id: str) -
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'runs.db'}"
+    return sqlite_url_with_schema(tmp_path / "runs.db")
 
 
 def test_history_table_export_and_replay(capsys: pytest.CaptureFixture[str], sqlite_url: str, tmp_path: Path,
