@@ -35,12 +35,6 @@ def add_commands(add: Any, common: list[argparse.ArgumentParser]) -> None:
 
 async def cmd_watch(args: argparse.Namespace) -> int:
     """Print events as they come; exit 0 when the followed run ends."""
-    if args.run_id is None and not args.database_url.lower().startswith(("postgresql:", "postgres:")):
-        raise UsageError(
-            f"durable watch without RUN_ID follows runs of other processes, which only PostgreSQL tells of "
-            f"({args.database_url} does not): give a RUN_ID to follow one run (its history is read every second), "
-            f"or use a postgresql:// database"
-        )
     async with Engine(args.database_url, worker=False, create_schema=False) as engine:
         try:
             subscription = engine.subscribe(args.run_id, workflow=args.workflow, after_seq=args.after)

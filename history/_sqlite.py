@@ -28,7 +28,7 @@ from ._codec import decode_event, encode_event, event_type
 from ._errors import DatabaseUnavailable, DurableError, SchemaError
 from ._events import RecordedEvent
 from ._listing import ListsRuns, RunQuery, page_from, stored_step
-from ._notify import Hub, InProcessLive
+from ._notify import Hub
 from ._records import (
     FINISHED_STATUSES,
     UNSET,
@@ -63,6 +63,7 @@ from ._sql import (
 )
 from ._sqlite_claims import by_queue, choose
 from ._sqlite_listing import list_runs_args
+from ._sqlite_live import SqliteLive
 from ._sqlite_logs import SqliteLogs, insert_logs
 from ._sqlite_metrics import SqliteMetrics
 
@@ -142,7 +143,7 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
+class SqliteStore(ListsRuns, SqliteLive, SqliteMetrics, SqliteLogs):
     """Runs and histories in a SQLite file. Obtain one with ``history.open_store("sqlite:///durable.db")``.
 
     Args:
@@ -231,6 +232,7 @@ class SqliteStore(ListsRuns, InProcessLive, SqliteMetrics, SqliteLogs):
 
     async def close(self) -> None:
         """Close the connection and stop the store's thread."""
+        self._stop_tail()
         executor, self._executor = self._executor, None
         if executor is None:
             return

@@ -7,13 +7,15 @@ What a user is promised:
 * exactly one ``step_started`` per step attempt, live (``seq=None``) when the worker announces the attempt
   before its outcome is recorded, so a step that is still running is shown as started;
 * following a workflow or every run: the events of the runs from the subscription on, each run's in order;
-* on PostgreSQL all of it across processes (a worker in another process, the subscriber here).
+* across processes (a worker in another process, the subscriber here): on PostgreSQL all of it, on SQLite
+  everything but live step starts (the subscriber tails the events table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -47,8 +49,10 @@ from history import (
     TimerFired,
     TimerStarted,
 )
+from history._sqlite_live import tail_events
 
 from . import wf_live
+from .conftest import sqlite_url_with_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = [wf_live.live_tour, wf_live.live_child, wf_live.live_steps, wf_live.live_other, wf_live.live_forever]
@@ -101,8 +105,10 @@ async def collect(
 
 
 async def drive_tour(engine: durable.Engine, events: AsyncIterator[RunEvent], gate: Path,
-                     on_waiting: Callable[[], Awaitable[None]] | None = None) -> list[RunEvent]:  # fmt: skip
-    """Follow a ``live_tour`` run: send it "go" when it waits, release its gated step once it is seen started."""
+                     on_waiting: Callable[[], Awaitable[None]] | None = None,
+                     live_starts: bool = True) -> list[RunEvent]:  # fmt: skip
+    """Follow a ``live_tour`` run: send it "go" when it waits, release its gated step once it is seen started
+    (``live_starts=False``: once its child finished, for a stream that shows step starts with their outcomes)."""
     got: list[RunEvent] = []
     async with asyncio.timeout(TIMEOUT):
         async for event in events:
@@ -111,8 +117,10 @@ async def drive_tour(engine: durable.Engine, events: AsyncIterator[RunEvent], ga
                 if on_waiting is not None:
                     await on_waiting()
                 await engine.send_event(event.run_id, "go", "now")
-            if event.kind == "step_started" and event.step == "live.gated":
+            if event.kind == "step_started" and event.step == "live.gated" and live_starts:
                 assert not any(e.kind == "step_completed" and e.step == "live.gated" for e in got)
+                gate.touch()
+            if event.kind == "child_finished" and event.workflow == "live_tour" and not live_starts:
                 gate.touch()
             if event.terminal and event.workflow == "live_tour":
                 break
@@ -333,6 +341,104 @@ async def test_a_subscriber_follows_a_worker_in_another_process(postgres_url: st
         assert [e.seq for e in gated_start(one_run)] == [None]
 
 
+# -- across processes (SQLite: the events table's tail) ------------------------------------------------------------
+
+
+async def test_sqlite_stores_hear_the_appends_of_another_store_on_the_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tail.db'}"
+    store, writer = history.open_store(url), history.open_store(url)  # two connections: two processes to SQLite
+    await store.open()
+    await writer.open()
+    try:
+        await writer.create_run(NewRun(id="before", workflow="wf", input=raw(1), random_seed=1))
+        appended: list[tuple[str, int, int | None]] = []
+        heard = asyncio.Event()
+
+        def on_appended(run_id: str, last_seq: int, first_seq: int | None) -> None:
+            appended.append((run_id, last_seq, first_seq))
+            heard.set()
+
+        stop = await store.subscribe_live(on_appended, lambda notice: None)
+        await writer.create_run(NewRun(id="after", workflow="wf", input=raw(1), random_seed=1))
+        claim = next(c for c in await writer.claim("w1", ["wf"], 10, 30) if c.run.id == "after")
+        events = [StepScheduled(command_id=1, name="charge", args=raw([]), digest="d"),
+                  StepCompleted(command_id=1, name="charge", attempt=1, result=raw(1), duration_ms=1.0)]  # fmt: skip
+        append = Append(run_id="after", worker_id="w1", epoch=claim.run.lease_epoch, first_seq=2, events=events,
+                        at=datetime.now(UTC))  # fmt: skip
+        assert await writer.append([append]) == [None]
+        async with asyncio.timeout(TIMEOUT):
+            while not appended or appended[-1][1] < 3:
+                heard.clear()
+                await heard.wait()
+        # "before" was written before the subscription: nothing of it is told. "after" from its first event on,
+        # in one notice or two (a look that finds both appends tells them at once).
+        assert {run_id for run_id, _, _ in appended} == {"after"}
+        assert appended[0][2] == 1 and appended[-1][1] == 3
+        assert appended in ([("after", 3, 1)], [("after", 1, 1), ("after", 3, 2)])
+        stop()
+        stop()  # twice is harmless
+        assert store._tail_task is None  # nobody subscribes: no more looking
+    finally:
+        await writer.close()
+        await store.close()
+
+
+def test_the_tail_goes_on_from_the_top_when_the_newest_events_are_deleted() -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE durable_events (run_id TEXT, seq INTEGER, PRIMARY KEY (run_id, seq))")
+
+    def add(run_id: str, *seqs: int) -> None:
+        db.executemany("INSERT INTO durable_events VALUES (?, ?)", [(run_id, seq) for seq in seqs])
+
+    add("a", 1, 2)
+    add("b", 1)
+    cursor, grown, more = tail_events(db, 0)
+    assert (cursor, grown, more) == (3, {"a": (2, 1), "b": (1, 1)}, False)
+    add("a", 3)
+    cursor, grown, _ = tail_events(db, cursor)
+    assert (cursor, grown) == (4, {"a": (3, 3)})
+    db.execute("DELETE FROM durable_events WHERE run_id = 'a'")  # retention removes the newest rows
+    cursor, grown, _ = tail_events(db, cursor)
+    assert (cursor, grown) == (3, {})  # down to the top that is left
+    add("c", 1, 2)  # rowids 4 and 5 again: above the new cursor, so seen
+    assert tail_events(db, cursor)[1] == {"c": (2, 1)}
+
+
+async def test_on_sqlite_workflow_and_all_runs_subscriptions_follow_a_worker_in_another_process(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url_with_schema(tmp_path / "live.db")
+    async with durable.Engine(url, worker=False, workflows=WORKFLOWS) as client:
+        async with client.subscribe() as every, client.subscribe(workflow="live_other") as others:
+            stderr = open(tmp_path / "worker.stderr", "wb")  # noqa: SIM115 - the child owns it
+            with stderr:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "durable", "--database-url", url, "worker", "tests.wf_live",
+                     "--lease-seconds", "5"],
+                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
+                )  # fmt: skip
+            try:
+                gate = tmp_path / "gate"
+                other = await client.start("live_other")
+                handle = await client.start("live_tour", str(gate))
+                events = await drive_tour(client, every, gate, live_starts=False)
+                only_others = await collect(others, until=lambda got: got[-1].terminal)
+                assert await handle.result(timeout=TIMEOUT) == {"first": "ok a", "go": "now", "child": 42,
+                                                                "released": "released"}  # fmt: skip
+                assert await other.result(timeout=TIMEOUT) == 2
+            finally:
+                worker.terminate()
+                worker.wait(15)
+        assert worker.returncode == 0, (tmp_path / "worker.stderr").read_text()
+        runs = by_run(events)
+        assert {e.workflow for e in events} == {"live_tour", "live_child", "live_other"}
+        for run_id, stream in runs.items():
+            if stream[-1].terminal:  # live_other may still be going when the tour ends
+                check_stream(stream, await client.get_history(run_id))
+        assert {e.run_id for e in only_others} == {other.id}
+        check_stream(only_others, await client.get_history(other.id))
+
+
 # -- durable watch ------------------------------------------------------------------------------------------------
 
 
@@ -369,8 +475,8 @@ def test_watch_prints_a_finished_runs_events_and_exits(tmp_path: Path, capsys: p
     assert "error: no run with id 'nope'" in capsys.readouterr().err
     assert main(["--database-url", url, "watch", run_id, "--workflow", "live_steps"]) == 2
     assert "durable watch: give run_id (one run) or workflow= (its runs), not both" in capsys.readouterr().err
-    assert main(["--database-url", url, "watch", "--workflow", "live_steps"]) == 2
-    assert "only PostgreSQL tells of" in capsys.readouterr().err
+    assert main(["--database-url", url, "watch", "--workflow", "nope", "--after", "-1"]) == 2
+    assert "after_seq must be" in capsys.readouterr().err
 
 
 @pytest.mark.postgres
