@@ -5,7 +5,8 @@ Prints, for each database given (default: the local PostgreSQL and a SQLite file
   * a 3-step workflow of trivial async steps, started and awaited one at a time: median and p95 ms;
   * ms per step from a 100-step workflow (median of several runs);
   * throughput: N 3-step workflows started at once, workflows/s and steps/s until all complete, started with N
-    ``engine.start`` calls and with one ``engine.start_many`` (and the rate of the starting alone, each way).
+    ``engine.start`` calls one after another, with N concurrent ``engine.start`` calls (``asyncio.gather``: a
+    web server's requests), and with one ``engine.start_many`` (and the rate of the starting alone, each way).
 
     python benchmarks/bench_core.py [--runs 200] [--burst 2000] [--url postgresql://...]
 
@@ -100,14 +101,20 @@ async def sequential(url: str, runs: int) -> tuple[float, float, float]:
     return statistics.median(times), pct(times, 0.95), statistics.median(per_step)
 
 
-async def burst(url: str, count: int, many: bool) -> tuple[float, float]:
-    """Start ``count`` workflows (``start`` each, or one ``start_many``) and await them all: the rate of the
-    starting alone, and workflows/s from the first start to the last result."""
+HOW = {"one by one": "x start, one by one", "concurrent": "x start, concurrently", "many": "start_many"}
+"""The ways ``burst`` starts its runs, and how the output names them."""
+
+
+async def burst(url: str, count: int, how: str) -> tuple[float, float]:
+    """Start ``count`` workflows (``start`` each, awaited in turn or all at once, or one ``start_many``) and
+    await them all: the rate of the starting alone, and workflows/s from the first start to the last result."""
     async with durable.Engine(url, concurrency=500) as engine:
         await (await engine.start(three_steps, 0)).result(timeout=30)
         started = time.perf_counter()
-        if many:
+        if how == "many":
             handles = await engine.start_many(three_steps, [(i,) for i in range(count)])
+        elif how == "concurrent":
+            handles = list(await asyncio.gather(*(engine.start(three_steps, i) for i in range(count))))
         else:
             handles = [await engine.start(three_steps, i) for i in range(count)]
         starting = time.perf_counter() - started
@@ -116,19 +123,19 @@ async def burst(url: str, count: int, many: bool) -> tuple[float, float]:
         return count / starting, count / (time.perf_counter() - started)
 
 
-async def bursts(url: str, count: int, is_postgres: bool) -> dict[bool, tuple[float, float]]:
-    """``burst`` with ``start`` and with ``start_many``, each on a fresh database."""
+async def bursts(url: str, count: int, is_postgres: bool) -> dict[str, tuple[float, float]]:
+    """``burst`` each way (``HOW``), each on a fresh database."""
     rates = {}
-    for many in (False, True):
+    for how in HOW:
         if is_postgres:
             db = await fresh_postgres(url)
             try:
-                rates[many] = await burst(db, count, many)
+                rates[how] = await burst(db, count, how)
             finally:
                 await drop_postgres(db)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                rates[many] = await burst(f"sqlite:///{tmp}/b.db", count, many)
+                rates[how] = await burst(f"sqlite:///{tmp}/b.db", count, how)
     return rates
 
 
@@ -149,10 +156,10 @@ async def measure(url: str, label: str, runs: int, count: int, is_postgres: bool
     print(f"{label}: 3-step workflow, one at a time: median {med:.2f} ms, p95 {p95:.2f} ms ({runs} runs)")
     ratio = f" = {step / floor:.1f}x one commit" if floor else ""
     print(f"{label}: per step (100-step workflow): {step:.3f} ms{ratio}")
-    for many, how in ((False, f"{count} x start"), (True, "start_many")):
-        starts, rate = rates[many]
+    for how, name in HOW.items():
+        starts, rate = rates[how]
         print(
-            f"{label}: {count} 3-step workflows at once ({how}): {rate:.0f} workflows/s, {rate * 3:.0f} steps/s "
+            f"{label}: {count} 3-step workflows at once ({name}): {rate:.0f} workflows/s, {rate * 3:.0f} steps/s "
             f"(starting alone: {starts:.0f} runs/s)"
         )
 

@@ -32,6 +32,7 @@ from ._logs import LogLimits, check_log_query, read_all_logs, with_logs
 from ._metrics import MetricsClient
 from ._queues import Queues
 from ._retention import Retention, RetentionClient
+from ._start_batch import StartBatcher
 from ._subscribe import SubscribeClient
 from ._telemetry import Telemetry
 from ._worker import Worker, check_queues
@@ -68,10 +69,16 @@ def _start_time(now: datetime, delay: timedelta | float | None, scheduled_at: da
     return now + timedelta(seconds=seconds)
 
 
+def _check_name(what: str, value: Any) -> None:
+    """Refuse an id, key or name that is not a non-empty string, or holds a NUL character (PostgreSQL cannot
+    store one in text, and SQLite would: the same start must not work on one database and fail on the other)."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError(f"{what} must be a non-empty string without NUL characters, got {value!r}")
+
+
 def _check_placement(queue: str, priority: int) -> None:
     """Refuse a queue that is not a non-empty string and a priority that is not an int."""
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+    _check_name("queue", queue)
     if not isinstance(priority, int):
         raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
 
@@ -173,6 +180,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
             meter_provider=meter_provider,
         )
         self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._starts = StartBatcher(self.store)
         self.queues = Queues(self.store)
         """Pause, resume, limit and inspect queues: ``await engine.queues.pause("ai")``."""
         if clock is not None:
@@ -204,6 +212,7 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
         """Stop the in-process worker (finishing in-flight steps for up to ``grace`` s) and disconnect."""
         if not self._opened:
             return
+        await self._starts.close()
         if self.worker is not None and self._worker_task is not None:
             await self.worker.shutdown(grace)
             await self._worker_task
@@ -250,14 +259,14 @@ class Engine(WorldClient, MetricsClient, RetentionClient, SubscribeClient):
         """
         self._require_open()
         name, definition = await self._resolve(workflow)
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+        if workflow_id is not None:
+            _check_name("workflow_id", workflow_id)
         wake_at = _start_time(self._clock(), delay, scheduled_at)
-        if dedup_key is not None and (not isinstance(dedup_key, str) or not dedup_key):
-            raise ValueError(f"dedup_key must be a non-empty string, got {dedup_key!r}")
+        if dedup_key is not None:
+            _check_name("dedup_key", dedup_key)
         _check_placement(queue, priority)
         new = self._new_run(name, definition, args, queue, priority, wake_at, workflow_id, dedup_key)
-        run, created = await self.store.create_run(new)
+        run, created = await self._starts.create(new)  # shares a commit with concurrent starts
         if created:
             self._telemetry.runs_created(name, 1)
         if not created and dedup_key is not None and run.id != new.id:

@@ -1,0 +1,116 @@
+"""Concurrent ``Engine.start`` calls share commits (``durable/_start_batch.py``), on every store, and a start
+cannot tell: ids, dedup keys, errors and cancellation behave as with one commit per start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import durable
+from history import NewRun, RunRecord, Store, decode_payload, open_store
+
+from . import wf_samples as wf
+
+
+class CountingStore:
+    """A real store, with its ``create_run``/``create_runs`` calls counted (and, for one test, one run id that
+    the "database" refuses whenever it comes)."""
+
+    def __init__(self, store: Store, refuse: str | None = None) -> None:
+        self._store = store
+        self._refuse = refuse
+        self.batches: list[int] = []  # runs per call, create_run counting 1
+
+    def _check(self, news: Sequence[NewRun]) -> None:
+        if self._refuse is not None and any(new.id == self._refuse for new in news):
+            raise RuntimeError(f"the database refuses run {self._refuse!r}")
+
+    async def create_run(self, new: NewRun) -> tuple[RunRecord, bool]:
+        self.batches.append(1)
+        self._check([new])
+        return await self._store.create_run(new)
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        self.batches.append(len(news))
+        self._check(news)
+        return await self._store.create_runs(news)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def counting(engine_url: str, **options: Any) -> CountingStore:
+    return CountingStore(open_store(engine_url), **options)
+
+
+async def test_concurrent_starts_share_commits_and_each_gets_its_run(engine_url: str) -> None:
+    store = counting(engine_url)
+    async with durable.Engine(store=store, worker=False) as engine:  # type: ignore[arg-type]
+        handles = await asyncio.gather(*(engine.start(wf.sequence, i) for i in range(300)))
+        assert len({h.id for h in handles}) == 300 and all(h.created for h in handles)
+        assert sum(store.batches) == 300
+        if engine_url != "memory://":  # the memory store creates without waiting: no start overlaps another
+            assert len(store.batches) < 300 and max(store.batches) > 1  # shared: fewer commits than runs
+        for i, handle in enumerate(handles):  # each handle is the run of its own arguments
+            run = await engine.store.get_run(handle.id)
+            assert run is not None and decode_payload(run.input) == [i]
+        one = await engine.start(wf.sequence, 7)  # alone: straight to create_run, as before
+    assert store.batches[-1] == 1 and one.created
+
+
+async def test_ids_and_dedup_keys_shared_within_a_batch_start_one_run_each(engine_url: str) -> None:
+    async with durable.Engine(engine_url) as engine:
+        starts = [engine.start(wf.sequence, 3, workflow_id="order-1") for _ in range(10)]
+        starts += [engine.start(wf.sequence, 3, dedup_key="nightly") for _ in range(10)]
+        starts += [engine.start(wf.sequence, i) for i in range(10)]
+        handles = await asyncio.gather(*starts)
+        by_id, by_key, plain = handles[:10], handles[10:20], handles[20:]
+        assert {h.id for h in by_id} == {"order-1"} and sum(h.created for h in by_id) == 1
+        assert len({h.id for h in by_key}) == 1 and sum(h.created for h in by_key) == 1
+        assert len({h.id for h in plain}) == 10 and all(h.created for h in plain)
+        assert [await h.result(timeout=30) for h in (by_id[0], by_key[0])] == [3, 3]
+        page = await engine.list_executions(workflow="sequence", limit=100)
+    assert len(page) == 12
+
+
+async def test_a_run_the_database_refuses_fails_its_own_start_only(engine_url: str) -> None:
+    store = counting(engine_url, refuse="refused")
+    async with durable.Engine(store=store, worker=False) as engine:  # type: ignore[arg-type]
+        first = asyncio.ensure_future(engine.start(wf.sequence, 0))  # in flight: the rest queue behind it
+        await asyncio.sleep(0)
+        rest = [engine.start(wf.sequence, 1, workflow_id="refused"), *(engine.start(wf.sequence, i) for i in range(5))]
+        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    refused = outcomes[1]
+    assert isinstance(refused, RuntimeError) and "refuses run 'refused'" in str(refused)
+    assert all(isinstance(h, durable.RunHandle) and h.created for h in [outcomes[0], *outcomes[2:]])
+
+
+async def test_a_cancelled_start_leaves_the_others_going(engine_url: str) -> None:
+    async with durable.Engine(engine_url, worker=False) as engine:
+        tasks = [asyncio.ensure_future(engine.start(wf.sequence, i)) for i in range(40)]
+        await asyncio.sleep(0)  # every start has begun: the first creates, the rest wait for the next batch
+        for task in tasks[::3]:  # the first (creating alone) among them
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        kept = [o for i, o in enumerate(outcomes) if i % 3]
+        assert all(isinstance(h, durable.RunHandle) for h in kept)
+        # A cancelled start either ended first (the memory store creates without waiting) or was cancelled.
+        assert all(isinstance(o, (asyncio.CancelledError, durable.RunHandle)) for o in outcomes[::3])
+        if engine_url != "memory://":
+            assert all(isinstance(o, asyncio.CancelledError) for o in outcomes[3::3])  # they were waiting
+        for handle in kept:
+            assert await engine.store.get_run(handle.id) is not None
+        later = await engine.start(wf.sequence, 99)  # nothing is stuck
+    assert later.created
+
+
+@pytest.mark.parametrize("option", ["workflow_id", "dedup_key", "queue"])
+async def test_a_nul_character_in_an_id_key_or_queue_is_refused_on_every_store(engine_url: str, option: str) -> None:
+    async with durable.Engine(engine_url, worker=False) as engine:
+        with pytest.raises(ValueError, match=f"{option} must be a non-empty string without NUL characters"):
+            await engine.start(wf.sequence, 1, **{option: "a\x00b"})
+        page = await engine.list_executions()
+    assert len(page) == 0  # nothing was created
