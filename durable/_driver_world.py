@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _state_encoder = msgspec.json.Encoder()
 
+_CHILD_BATCH = 1000
+"""Children created per ``create_runs`` at most (as ``start_many``'s batches)."""
+
 
 @dataclass
 class Arrival:
@@ -96,13 +99,17 @@ class WorldDriver:
     # -- children ---------------------------------------------------------------------------------------------
 
     async def create_children(self) -> None:
-        """Create the child runs issued so far (idempotent: a child's id is fixed by its command)."""
+        """Create the child runs issued so far (idempotent: a child's id is fixed by its command). A fan-out
+        (``asyncio.gather`` of many ``ctx.call_workflow``) creates its children in one ``create_runs``: one round
+        trip for up to ``_CHILD_BATCH`` of them, not one each."""
         instance = self.driver._instance
         if instance is not None:
             self._children.extend(instance.take_new_children())
+        store = self.driver.worker.store
         while self._children:
-            request = self._children[0]
-            _, created = await self.driver.worker.store.create_run(
+            batch = self._children[:_CHILD_BATCH]
+            trace_context = self.driver.trace_context()  # the children's spans descend from this activation
+            news = [
                 NewRun(
                     id=request.child_id,
                     workflow=request.workflow,
@@ -110,12 +117,15 @@ class WorldDriver:
                     random_seed=random.getrandbits(63),
                     parent_id=self.driver.run_id,
                     deadline=self._deadline_of(request.workflow),
-                    trace_context=self.driver.trace_context(),  # the child's spans descend from this activation
+                    trace_context=trace_context,
                 )
-            )
-            if created:
-                self.driver.run_created(request.workflow)
-            self._children.pop(0)
+                for request in batch
+            ]
+            results = await store.create_runs(news) if len(news) > 1 else [await store.create_run(news[0])]
+            for request, (_, created) in zip(batch, results, strict=True):
+                if created:
+                    self.driver.run_created(request.workflow)
+            del self._children[: len(batch)]
 
     def _deadline_of(self, workflow: str) -> datetime | None:
         definition = self.driver.worker.workflows.get(workflow)

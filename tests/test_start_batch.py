@@ -1,5 +1,6 @@
-"""Concurrent ``Engine.start`` calls share commits (``durable/_start_batch.py``), on every store, and a start
-cannot tell: ids, dedup keys, errors and cancellation behave as with one commit per start."""
+"""Runs created together share a round trip, on every store, and nobody can tell but by the speed: concurrent
+``Engine.start`` calls (``durable/_start_batch.py``: ids, dedup keys, errors and cancellation behave as with one
+commit per start) and a parent's fan-out of children (``create_children``)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,32 @@ async def test_a_cancelled_start_leaves_the_others_going(engine_url: str) -> Non
             assert await engine.store.get_run(handle.id) is not None
         later = await engine.start(wf.sequence, 99)  # nothing is stuck
     assert later.created
+
+
+@durable.step(name="batch.double")
+async def double(x: int) -> int:
+    return 2 * x
+
+
+@durable.workflow(name="batch.child")
+async def child(ctx: durable.WorkflowContext, x: int) -> int:
+    return await double(x)
+
+
+@durable.workflow(name="batch.fan_out")
+async def fan_out(ctx: durable.WorkflowContext, n: int) -> list[int]:
+    return list(await asyncio.gather(*(ctx.call_workflow(child, i) for i in range(n))))
+
+
+async def test_a_fan_out_creates_its_children_in_one_round_trip(engine_url: str) -> None:
+    store = counting(engine_url)
+    async with durable.Engine(store=store, workflows=[fan_out, child]) as engine:  # type: ignore[arg-type]
+        parent = await engine.start(fan_out, 25)
+        assert await parent.result(timeout=60) == [2 * i for i in range(25)]
+        children = await engine.store.list_children(parent.id)
+    assert len(children) == 25 and {c.parent_id for c in children} == {parent.id}
+    assert 25 in store.batches  # every child in one create_runs
+    assert sum(store.batches) == 26  # the parent's start, then each child once
 
 
 @pytest.mark.parametrize("option", ["workflow_id", "dedup_key", "queue"])
