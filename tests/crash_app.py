@@ -103,6 +103,13 @@ async def effect(phase: int, value: int) -> int:
     return value * value + 1
 
 
+@durable.step(name="crash.effect_in_thread")
+def effect_in_thread(phase: int, value: int) -> int:
+    """``effect`` as a plain ``def``: the worker runs it in a thread, and a kill comes from that thread."""
+    side_effect(phase)
+    return value * value + 1
+
+
 @durable.step(name="crash.work")
 async def work(phase: int, value: int, millis: int) -> int:
     await asyncio.sleep(millis / 1000)
@@ -123,6 +130,12 @@ async def slow(phase: int, seconds: float) -> str:
 async def crash_seq(ctx: durable.WorkflowContext, n: int) -> list[int]:
     """``n`` steps one after the other: step ``i`` is command ``i + 1`` and phase ``i``."""
     return [await effect(i, i) for i in range(n)]
+
+
+@durable.workflow(name="crash_seq_threads")
+async def crash_seq_threads(ctx: durable.WorkflowContext, n: int) -> list[int]:
+    """``crash_seq`` with sync steps (run in worker threads): step ``i`` is command ``i + 1`` and phase ``i``."""
+    return [await effect_in_thread(i, i) for i in range(n)]
 
 
 def expected_seq(n: int) -> list[int]:
@@ -217,7 +230,7 @@ async def crash_saga(ctx: durable.WorkflowContext, n: int) -> None:
     await decline(n)
 
 
-WORKFLOWS = {wf.name: wf for wf in (crash_seq, crash_sleepy, crash_mixed, crash_slow, crash_saga)}
+WORKFLOWS = {wf.name: wf for wf in (crash_seq, crash_seq_threads, crash_sleepy, crash_mixed, crash_slow, crash_saga)}
 
 
 # -- the worker process -------------------------------------------------------------------------------------------

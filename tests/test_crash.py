@@ -297,9 +297,10 @@ def check_only_interrupted_steps_reran(effects: list[Effect], killed: set[int]) 
     ("workflow", "command_of_step"),
     [
         (crash_app.crash_seq, lambda k: k),
+        (crash_app.crash_seq_threads, lambda k: k),
         (crash_app.crash_sleepy, lambda k: 2 * k - 1),
     ],
-    ids=["steps", "steps-and-sleeps"],
+    ids=["steps", "sync-steps-in-threads", "steps-and-sleeps"],
 )
 async def test_sigkill_at_each_step_reruns_only_the_step_in_flight(
     engine: durable.Engine, workers: Workers, workflow: durable.Workflow, command_of_step: Any, when: str
