@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import durable
 from history import NewRun, RunRecord, Store, decode_payload, open_store
@@ -75,6 +77,43 @@ async def test_ids_and_dedup_keys_shared_within_a_batch_start_one_run_each(engin
         assert [await h.result(timeout=30) for h in (by_id[0], by_key[0])] == [3, 3]
         page = await engine.list_executions(workflow="sequence", limit=100)
     assert len(page) == 12
+
+
+_SPECS = st.lists(
+    st.tuples(st.sampled_from([None, "id-a", "id-b"]), st.sampled_from([None, "key-1", "key-2"])),
+    min_size=1, max_size=12,
+)
+
+
+def _shape(handles: Sequence[durable.RunHandle]) -> list[tuple[bool, int]]:
+    """Each start as (created, index of the first start that got the same run): comparable across stores,
+    whatever ids the runs without a workflow_id drew."""
+    first: dict[str, int] = {}
+    return [(h.created, first.setdefault(h.id, i)) for i, h in enumerate(handles)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=_SPECS)
+def test_concurrent_starts_answer_as_the_same_starts_one_after_another(
+    tmp_path_factory: pytest.TempPathFactory, specs: list[tuple[str | None, str | None]]
+) -> None:
+    folder = tmp_path_factory.mktemp("batch")
+
+    async def starts(url: str, together: bool) -> list[tuple[bool, int]]:
+        store = CountingStore(open_store(url))
+        async with durable.Engine(store=store, worker=False) as engine:  # type: ignore[arg-type]
+            calls = [engine.start(wf.sequence, 1, workflow_id=run_id, dedup_key=key) for run_id, key in specs]
+            if together:
+                handles = list(await asyncio.gather(*calls))
+                # The first created alone; the others queued meanwhile and shared one create_runs.
+                assert store.batches == [1, len(specs) - 1][: min(len(specs), 2)]
+            else:
+                handles = [await call for call in calls]
+            return _shape(handles)
+
+    together = asyncio.run(starts(f"sqlite:///{folder / 'together.db'}", True))
+    in_turn = asyncio.run(starts(f"sqlite:///{folder / 'in_turn.db'}", False))
+    assert together == in_turn
 
 
 async def test_a_run_the_database_refuses_fails_its_own_start_only(engine_url: str) -> None:
