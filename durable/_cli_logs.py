@@ -118,9 +118,10 @@ class _LinePrinter:
         sys.stdout.flush()
 
     def format(self, line: LogLine) -> str:
-        """``time level step#attempt logger: message``, the traceback indented under it."""
+        """``time level #command step attempt N logger: message``, the traceback indented under it. The command
+        number tells apart calls of one step (``#5 ship_item``, ``#6 ship_item``), as in ``durable show``."""
         style = self.style
-        where = "workflow" if line.step is None else f"{line.step}#{line.attempt}"
+        where = "workflow" if line.step is None else f"#{line.command_id} {line.step} attempt {line.attempt}"
         source = line.stream if line.stream != "log" else line.logger
         level = style(f"{line.level_name:<8}", _LEVEL_STYLES.get(line.level_name))
         head = f"{style(_format.when(line.at), 'dim')} {level} {style(where, 'cyan')} {source}:"

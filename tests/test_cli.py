@@ -162,12 +162,15 @@ def test_demo_keeps_what_its_steps_logged_without_printing_it(url: str) -> None:
     logs = run_process("--database-url", url, "logs", run_id)
     assert logs.returncode == 0, logs.stderr
     lines = logs.stdout.splitlines()
-    assert [line.split()[3] for line in lines if "charging A-1001" in line] == ["charge_payment#1", "charge_payment#2"]
+    charging = [" ".join(line.split()[3:7]) for line in lines if "charging A-1001" in line]
+    assert charging == ["#2 charge_payment attempt 1", "#2 charge_payment attempt 2"]
+    shipping = [line.split()[3] for line in lines if "handed to the carrier" in line]
+    assert sorted(shipping) == ["#5", "#6", "#7"]  # three calls of ship_item, told apart
     assert sum("order A-1001: 3 items" in line for line in lines) == 1
     assert sum("handed to the carrier" in line for line in lines) == 3
     shown = run_process("--database-url", url, "show", run_id).stdout
     logs_section = shown.split("Logs (7 lines", 1)[1].split("Event history", 1)[0]
-    assert "charge_payment#2 demo.shop: charging A-1001" in logs_section
+    assert "#2 charge_payment attempt 2 demo.shop: charging A-1001" in logs_section
 
 
 # -- start / show / list / cancel against a worker process --------------------------------------------------

@@ -57,8 +57,8 @@ def test_logs_prints_time_level_step_attempt_logger_and_message(url: str, capsys
     code, out, err = run_cli(capsys, "logs", run_id, "--database-url", url)
     assert (code, err) == (0, "")
     printed, logged = out.splitlines()
-    assert printed.endswith(" INFO     greets#1 stdout: hello ada")
-    assert logged.endswith(" INFO     greets#1 tests.logs.app: greeted ada")
+    assert printed.endswith(" INFO     #1 greets attempt 1 stdout: hello ada")
+    assert logged.endswith(" INFO     #1 greets attempt 1 tests.logs.app: greeted ada")
     assert printed[:4].isdigit() and printed[10] == " "  # starts with the date and time
 
 
@@ -67,9 +67,9 @@ def test_logs_filters_by_level_step_and_attempt(url: str, capsys: pytest.Capture
     code, out, _ = run_cli(capsys, "logs", run_id, "--level", "error", "--database-url", url)
     assert code == 0
     assert [line.split(None, 3)[3] for line in out.splitlines()] == [
-        "flaky#1 tests.logs.app: attempt 1 failed", "flaky#2 tests.logs.app: attempt 2 failed"]
+        "#1 flaky attempt 1 tests.logs.app: attempt 1 failed", "#1 flaky attempt 2 tests.logs.app: attempt 2 failed"]
     code, out, _ = run_cli(capsys, "logs", run_id, "--step", "flaky", "--attempt", "3", "--database-url", url)
-    assert [line.split(None, 3)[3] for line in out.splitlines()] == ["flaky#3 stdout: attempt 3 starts"]
+    assert [line.split(None, 3)[3] for line in out.splitlines()] == ["#1 flaky attempt 3 stdout: attempt 3 starts"]
     code, out, err = run_cli(capsys, "logs", run_id, "--step", "other", "--database-url", url)
     assert (code, out) == (0, "") and f"no log lines match for run {run_id}" in err
 
@@ -80,7 +80,7 @@ def test_logs_shows_tracebacks_indented_and_json_with_extra_fields(
     run_id = finished_run(url, traceback_workflow)
     _, out, _ = run_cli(capsys, "logs", run_id, "--database-url", url)
     head, *traceback = out.rstrip("\n").split("\n")
-    assert head.endswith("fails_loudly#1 tests.logs.app: charging 7 failed")
+    assert head.endswith("#1 fails_loudly attempt 1 tests.logs.app: charging 7 failed")
     assert traceback[0] == "    Traceback (most recent call last):"
     assert traceback[-1] == "    ZeroDivisionError: no money"
     _, out, _ = run_cli(capsys, "logs", run_id, "--json", "--database-url", url)
@@ -131,7 +131,7 @@ async def test_follow_tails_a_running_workflow_until_it_ends(engine_url: str, st
         try:
             assert tail.stdout is not None
             first = await asyncio.wait_for(tail.stdout.readline(), timeout=30)  # the step is still running
-            assert first.decode().rstrip().endswith("waits_for_go#1 stdout: first")
+            assert first.decode().rstrip().endswith("#1 waits_for_go attempt 1 stdout: first")
             go.touch()
             rest, err = await asyncio.wait_for(tail.communicate(), timeout=30)
         finally:
@@ -141,5 +141,5 @@ async def test_follow_tails_a_running_workflow_until_it_ends(engine_url: str, st
         assert await handle.result(timeout=10) == "done"
     lines = rest.decode().splitlines()
     assert [line.split(None, 3)[3] for line in lines] == [
-        "waits_for_go#1 stdout: second", "workflow durable.workflow.logs_follow: all done"]
+        "#1 waits_for_go attempt 1 stdout: second", "workflow durable.workflow.logs_follow: all done"]
     assert tail.returncode == 0, err.decode()
