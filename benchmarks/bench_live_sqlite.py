@@ -29,11 +29,12 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import durable
 from durable import RunEvent
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STEPS = 50
 

@@ -1,7 +1,7 @@
 """``durable logs RUN_ID``: a run's captured log lines (``--step``, ``--attempt``, ``--level``, ``--json``), and
 with ``--follow`` the new ones as they come until the run ends.
 
-One line per log line: ``time level step#attempt logger: message``, the traceback of a record logged with
+One line per log line: ``time level #command step attempt N logger: message``, the traceback of a record logged with
 ``exc_info`` indented below it. The workflow's own ``ctx.logger`` lines show ``workflow`` where a step's name
 goes; printed lines show ``stdout`` or ``stderr`` where a logger's name goes. ``--json`` prints one JSON object
 per line (the ``LogLine`` fields, ``extra`` decoded). An unknown run id exits 1 with a message.

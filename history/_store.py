@@ -239,7 +239,8 @@ class Store(Protocol):
     ) -> Callable[[], None]:
         """From now on, call ``on_appended(run_id, last_seq, first_seq)`` whenever a run's history grows and
         ``on_step_started(notice)`` whenever a step attempt starts, in this process and, where the backend reaches
-        them, in others (PostgreSQL: both; SQLite: appends, by tailing the events table while subscribed); returns the function that stops it. Calls may be lost, repeated or
-        coalesced: a subscriber reads the events themselves with ``read_history`` (after the last it saw).
+        them, in others (PostgreSQL: both; SQLite: appends, by tailing the events table while subscribed);
+        returns the function that stops it. Calls may be lost, repeated or coalesced: a subscriber reads the
+        events themselves with ``read_history`` (after the last it saw).
         On PostgreSQL the first subscription of a store starts listening to the live channels, and workers in
         other processes send step-start notices once they hear of it (announced before this returns)."""
