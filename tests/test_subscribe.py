@@ -479,6 +479,34 @@ def test_watch_prints_a_finished_runs_events_and_exits(tmp_path: Path, capsys: p
     assert "after_seq must be" in capsys.readouterr().err
 
 
+async def test_watch_of_a_workflow_on_sqlite_prints_the_runs_of_another_process(tmp_path: Path) -> None:
+    url = sqlite_url_with_schema(tmp_path / "watched.db")
+    watch = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "durable", "--database-url", url, "watch", "--workflow", "live_steps",
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert watch.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert (await watch.stdout.readline()).decode().startswith("Watching runs of live_steps on sqlite:///")
+            async with durable.Engine(url, workflows=WORKFLOWS) as engine:  # this process runs the workflows
+                other = await engine.start(wf_live.live_other)  # another workflow: not shown
+                run = await engine.start(wf_live.live_steps, 2)
+                assert await run.result(timeout=TIMEOUT) == 1 and await other.result(timeout=TIMEOUT) == 2
+            lines: list[str] = []
+            while not any(" completed " in line for line in lines):
+                lines.append((await watch.stdout.readline()).decode())
+    finally:
+        watch.terminate()
+        await watch.wait()
+    header, *rows = [line.split() for line in lines if line.strip()]
+    assert header[:5] == ["run", "workflow", "seq", "time", "type"]
+    assert {row[1] for row in rows} == {"live_steps"}  # not live_other
+    events = [row[4] for row in rows if row[0] == run.id[: len(row[0])]]
+    assert events == ["run_started", "step_started", "step_completed", "step_started", "step_completed",
+                      "completed"], lines  # fmt: skip
+
+
 @pytest.mark.postgres
 async def test_watch_shows_a_running_step_live_from_another_process(postgres_url: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
