@@ -74,6 +74,10 @@ def _check_name(what: str, value: Any) -> None:
     store one in text, and SQLite would: the same start must not work on one database and fail on the other)."""
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ValueError(f"{what} must be a non-empty string without NUL characters, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no database can store it as text
+        raise ValueError(f"{what} must be valid Unicode text (no lone surrogates), got {value!r}") from None
 
 
 def _check_placement(queue: str, priority: int) -> None:

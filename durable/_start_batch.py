@@ -10,7 +10,8 @@ by themselves to what arrives during one commit; with one caller at a time nothi
 ``create_runs`` gives each run what ``create_run`` called in order would (an existing id returns that run, a
 dedup key held by an unfinished run returns it, both also within one batch), so a start cannot tell that it
 shared a commit, except by its speed. If a batch fails for a reason other than the database being unreachable,
-its runs are created one by one, so that a run the database refuses fails its own start and no other.
+its runs are created one by one, so that a run the database refuses fails its own start and no other; two in a
+row failing the same way mean the cause is shared, and the rest fail with it at once.
 """
 
 from __future__ import annotations
@@ -81,16 +82,29 @@ class StartBatcher:
             for _, future in batch:
                 _settle(future, error=exc)
             return
-        except Exception:
+        except Exception as exc:
             log.info("a shared create of %d runs failed; creating them one by one", len(batch), exc_info=True)
-            for new, future in batch:
-                try:
-                    _settle(future, await self._store.create_run(new))
-                except Exception as exc:
-                    _settle(future, error=exc)
+            await self._create_one_by_one(batch, type(exc))
             return
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result)
+
+    async def _create_one_by_one(self, batch: list[_Waiter], failure: type[Exception]) -> None:
+        """After a failed shared create: each run alone, so that a run the database refuses fails only its own
+        start. Two runs in a row failing as the batch did mean a shared cause (the database went away): the rest
+        get that error at once rather than a wait each."""
+        failed_in_a_row = 0
+        for index, (new, future) in enumerate(batch):
+            try:
+                _settle(future, await self._store.create_run(new))
+                failed_in_a_row = 0
+            except Exception as exc:
+                _settle(future, error=exc)
+                failed_in_a_row = failed_in_a_row + 1 if isinstance(exc, failure) else 0
+                if failed_in_a_row == 2:
+                    for _, rest in batch[index + 1 :]:
+                        _settle(rest, error=exc)
+                    return
 
     async def close(self) -> None:
         """Wait for the starts queued so far to be created (the engine is closing)."""

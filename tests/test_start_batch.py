@@ -26,8 +26,11 @@ class CountingStore:
         self._store = store
         self._refuse = refuse
         self.batches: list[int] = []  # runs per call, create_run counting 1
+        self.down = False  # every create fails as if the connection broke
 
     def _check(self, news: Sequence[NewRun]) -> None:
+        if self.down and self.batches[1:]:  # the first create (alone) goes through, then the database is gone
+            raise ConnectionResetError("the connection to the database was lost")
         if self._refuse is not None and any(new.id == self._refuse for new in news):
             raise RuntimeError(f"the database refuses run {self._refuse!r}")
 
@@ -128,6 +131,19 @@ async def test_a_run_the_database_refuses_fails_its_own_start_only(engine_url: s
     assert all(isinstance(h, durable.RunHandle) and h.created for h in [outcomes[0], *outcomes[2:]])
 
 
+async def test_when_the_database_goes_away_a_batch_fails_at_once_not_run_by_run(engine_url: str) -> None:
+    if engine_url == "memory://":
+        pytest.skip("the memory store creates without waiting: its starts never share a batch")
+    store = counting(engine_url)
+    async with durable.Engine(store=store, worker=False) as engine:  # type: ignore[arg-type]
+        store.down = True
+        outcomes = await asyncio.gather(*(engine.start(wf.sequence, i) for i in range(50)), return_exceptions=True)
+        store.down = False
+    assert isinstance(outcomes[0], durable.RunHandle)  # created before the database went away
+    assert all(isinstance(o, ConnectionResetError) for o in outcomes[1:])  # every other start hears why
+    assert store.batches == [1, 49, 1, 1]  # the shared create, then two alone failing alike: a shared cause
+
+
 async def test_a_cancelled_start_leaves_the_others_going(engine_url: str) -> None:
     async with durable.Engine(engine_url, worker=False) as engine:
         tasks = [asyncio.ensure_future(engine.start(wf.sequence, i)) for i in range(40)]
@@ -178,5 +194,7 @@ async def test_a_nul_character_in_an_id_key_or_queue_is_refused_on_every_store(e
     async with durable.Engine(engine_url, worker=False) as engine:
         with pytest.raises(ValueError, match=f"{option} must be a non-empty string without NUL characters"):
             await engine.start(wf.sequence, 1, **{option: "a\x00b"})
+        with pytest.raises(ValueError, match=f"{option} must be valid Unicode text"):
+            await engine.start(wf.sequence, 1, **{option: "a\ud800b"})
         page = await engine.list_executions()
     assert len(page) == 0  # nothing was created
