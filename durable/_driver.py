@@ -71,7 +71,8 @@ _BLOCKED_RETRY = timedelta(seconds=60)
 
 _NOTE_STEP_AFTER = 1.0
 """How long steps run before the run's ``current_step`` is written on its own, when the last append did not
-know them (the first step of a fresh or just-woken run). A quicker step's append writes it anyway, at no cost."""
+know them (the first step of a fresh run: nothing is appended before it ends). A quicker step's append writes
+it anyway, at no cost; a run woken by a timer or a message appends that first, naming the steps that follow."""
 
 
 @dataclass
