@@ -139,6 +139,19 @@ class Hub:
         return stop
 
 
+def once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action``, made safe to call more than once: the later calls do nothing (a subscription's stop)."""
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return call
+
+
 class InProcessLive:
     """``Store.notify_step_started``/``subscribe_live`` for the stores that tell only their own process (memory,
     SQLite): through the store's hub. Other processes see a SQLite run's steps when they are recorded (polling)."""

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import _pg_queries as q
 from ._live import MAX_NOTICE_BYTES, StepNotice, decode_notice, encode_notice
-from ._notify import AppendedListener, Hub
+from ._notify import AppendedListener, Hub, once
 from ._records import RunRecord
 
 log = logging.getLogger("durable.history")
@@ -168,13 +168,8 @@ class PostgresLive:
                 raise
         if self._announce_task is None:
             self._announce_task = asyncio.get_running_loop().create_task(self._announce_while_watched())
-        stopped = False
 
         def stop() -> None:
-            nonlocal stopped
-            if stopped:
-                return
-            stopped = True
             stop_hub()
             self._watchers = max(0, self._watchers - 1)  # (0 already if the store was closed meanwhile)
             if self._watchers == 0:
@@ -183,7 +178,7 @@ class PostgresLive:
                     self._announce_task.cancel()
                     self._announce_task = None
 
-        return stop
+        return once(stop)
 
     async def _hold_watch_lock(self) -> None:
         """Ask for the watch lock on a connection of its own (it waits while appends hold it shared), then wait

@@ -29,7 +29,7 @@ from typing import Any
 
 from ._errors import DurableError
 from ._live import StepNotice
-from ._notify import AppendedListener, InProcessLive
+from ._notify import AppendedListener, InProcessLive, once
 
 log = logging.getLogger("durable.store")
 
@@ -81,19 +81,14 @@ class SqliteLive(InProcessLive):
             self._tail_task = asyncio.get_running_loop().create_task(self._tail(cursor))
         self._tail_users += 1
         stop_hub = self.hub.subscribe_live(on_appended, on_step_started)
-        stopped = False
 
         def stop() -> None:
-            nonlocal stopped
-            if stopped:
-                return
-            stopped = True
             stop_hub()
-            self._tail_users -= 1
+            self._tail_users = max(0, self._tail_users - 1)  # (0 already if the store was closed meanwhile)
             if self._tail_users == 0:
                 self._stop_tail()
 
-        return stop
+        return once(stop)
 
     def _stop_tail(self) -> None:
         task, self._tail_task = self._tail_task, None

@@ -301,6 +301,15 @@ async def test_stores_announce_appends_and_step_starts(store: Store, store_kind:
     assert started == [notice]
 
 
+def spawn_worker(url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``durable worker tests.wf_live`` on ``url`` in a process of its own, its stderr in ``worker.stderr``."""
+    with open(tmp_path / "worker.stderr", "wb") as stderr:  # the child has its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "durable", "--database-url", url, "worker", "tests.wf_live", "--lease-seconds", "5"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+
+
 # -- across processes (PostgreSQL) --------------------------------------------------------------------------------
 
 
@@ -309,13 +318,7 @@ async def test_a_subscriber_follows_a_worker_in_another_process(postgres_url: st
     async with durable.Engine(postgres_url, worker=False, workflows=WORKFLOWS) as client:
         # Subscribed before the worker process starts: it learns of the watch when it opens its store.
         async with client.subscribe() as every:
-            stderr = open(tmp_path / "worker.stderr", "wb")  # noqa: SIM115 - the child owns it
-            with stderr:
-                worker = subprocess.Popen(
-                    [sys.executable, "-m", "durable", "--database-url", postgres_url, "worker", "tests.wf_live",
-                     "--lease-seconds", "5"],
-                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
-                )  # fmt: skip
+            worker = spawn_worker(postgres_url, tmp_path)
             try:
                 async with asyncio.timeout(TIMEOUT):  # the worker serves once it registered its workflows
                     while "live_tour" not in await client.store.known_workflows():
@@ -410,13 +413,7 @@ async def test_on_sqlite_workflow_and_all_runs_subscriptions_follow_a_worker_in_
     url = sqlite_url_with_schema(tmp_path / "live.db")
     async with durable.Engine(url, worker=False, workflows=WORKFLOWS) as client:
         async with client.subscribe() as every, client.subscribe(workflow="live_other") as others:
-            stderr = open(tmp_path / "worker.stderr", "wb")  # noqa: SIM115 - the child owns it
-            with stderr:
-                worker = subprocess.Popen(
-                    [sys.executable, "-m", "durable", "--database-url", url, "worker", "tests.wf_live",
-                     "--lease-seconds", "5"],
-                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=stderr,
-                )  # fmt: skip
+            worker = spawn_worker(url, tmp_path)
             try:
                 gate = tmp_path / "gate"
                 other = await client.start("live_other")
