@@ -49,6 +49,7 @@ from ._events import RecordedEvent
 from ._listing import ListsRuns, RunQuery, page_from, stored_step
 from ._notify import Hub
 from ._pg_append import append_args, full_args, is_full, refusal
+from ._pg_guard import GuardedPool
 from ._pg_listing import list_runs_args
 from ._pg_live import LIVE_CHANNELS, PostgresLive
 from ._pg_logs import PostgresLogs, log_args
@@ -96,6 +97,15 @@ check_finished_list(q.FINISHED, "history._pg_queries.FINISHED")
 # Sent in the startup packet (no extra round trip). JIT off: every statement here is a short OLTP one, and a JIT
 # compile triggered by a large cost estimate would add tens of milliseconds to a claim.
 _SESSION = {"application_name": "durable", "jit": "off"}
+
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable: the socket itself
+    asyncpg.PostgresConnectionError,  # class 08, including "connection was closed in the middle of operation"
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+"""What a lost (or refused) connection raises after ``open()``: ``_pg_guard.GuardedPool`` says so clearly."""
 
 _HOW_TO_START = (
     "Start PostgreSQL (e.g. `sudo service postgresql start`, `brew services start postgresql`, or `docker run "
@@ -165,6 +175,7 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
         self._connect_timeout = connect_timeout
         self._listen_enabled = listen
         self._pool: Any = None
+        self._guarded: GuardedPool | None = None  # the pool, with lost connections said as such (_pg_guard)
         self._listener: Any = None
         self._relisten_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -193,6 +204,7 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
                 server_settings=_SESSION,
             )
         )
+        self._guarded = GuardedPool(self._pool, self.url, CONNECTION_LOST)
         try:
             async with self._db.acquire() as conn:
                 await self._migrate(conn)
@@ -230,16 +242,16 @@ class PostgresStore(ListsRuns, PostgresMetrics, PostgresLogs, PostgresLive):
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._guarded = self._pool, None, None
         if pool is not None:
             await pool.close()
 
     @property
     def _db(self) -> Any:
         """The connection pool, or a clear error when the store is not open."""
-        if self._pool is None:
+        if self._guarded is None:
             raise DurableError(f"the PostgreSQL store {self.url} is not open: call `await store.open()` first")
-        return self._pool
+        return self._guarded
 
     async def _connecting(self, connect: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``connect``, turning every way it can fail into a ``DatabaseUnavailable`` that says what to do."""

@@ -9,6 +9,7 @@ import asyncio
 import sqlite3
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -159,6 +160,70 @@ async def test_a_down_postgres_is_reported_with_its_url_and_what_to_do() -> None
     assert "postgresql://durable:***@127.0.0.1:1/nodb" in message
     assert "s3cret" not in message and "DURABLE_DATABASE_URL" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+class CuttableLink:
+    """A TCP relay to the real PostgreSQL that the test can cut (every connection reset, new ones refused) and
+    mend on the same port: a server or network going away under an open store, without stopping the server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.port = 0
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._links.append((writer, up_writer))
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for down, up in self._links:
+            down.transport.abort()
+            up.transport.abort()
+        self._links.clear()
+        await asyncio.sleep(0.05)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_connection_lost_after_open_is_reported_and_a_retry_works_once_it_is_back(postgres_url: str) -> None:
+    parts = urlsplit(postgres_url)
+    link = CuttableLink(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await link.open()
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{link.port}"))
+    store = history.open_store(url)
+    await store.open()
+    try:
+        await store.create_run(new_run("before"))
+        await link.cut()
+        for call in (lambda: store.get_run("before"), lambda: store.create_run(new_run("during"))):
+            with pytest.raises(DatabaseUnavailable) as info:
+                await call()
+            assert f"lost the connection to PostgreSQL at {store.url}" in str(info.value)
+            assert "retry" in str(info.value) and isinstance(info.value.__cause__, OSError | asyncpg.PostgresError)
+        await link.open()  # the server is reachable again, on the same port
+        before = await store.get_run("before")
+        assert before is not None and before.id == "before"  # the same store goes on, with new connections
+        assert await store.get_run("during") is None  # the failed create left nothing behind
+    finally:
+        await store.close()
+        await link.cut()
 
 
 async def test_a_missing_postgres_database_says_to_create_it(postgres_server_url: str) -> None:
