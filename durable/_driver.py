@@ -69,6 +69,13 @@ _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 _BLOCKED_RETRY = timedelta(seconds=60)
 """How long a run whose replay diverged waits before the next try (fixed code may be deployed by then)."""
 
+class _Synced:
+    """The type of ``_SYNCED``."""
+
+
+_SYNCED = _Synced()
+"""``RunDriver._recorded_step`` once an append has written current_step: appends keep it right from then on."""
+
 _NOTE_STEP_AFTER = 1.0
 """How long steps run before the run's ``current_step`` is written on its own, when the last append did not
 know them (the first step of a fresh run: nothing is appended before it ends). A quicker step's append writes
@@ -112,7 +119,9 @@ class RunDriver:
         self._cancel_children = False  # the run ends by a cancellation that its awaited children follow
         self._instance: WorkflowInstance | None = None
         self._world = WorldDriver(self)
-        self._recorded_step = claim.run.current_step  # the run's current_step as stored
+        # The run's current_step as stored, until this activation's first append: from then on every append
+        # writes it, so a note is never needed again (_SYNCED).
+        self._recorded_step: str | _Synced | None = claim.run.current_step
         self._step_note: asyncio.TimerHandle | None = None  # writes current_step if steps run long
         self._noting: asyncio.Task[None] | None = None
         self._appending = False
@@ -271,15 +280,17 @@ class RunDriver:
     def _plan_step_note(self) -> None:
         """Write ``current_step`` in ``_NOTE_STEP_AFTER`` if the steps running now are not what the run's row
         says (list_executions(current_step=...) and the "doing" column would miss a long first step)."""
-        if self._step_note is None and self._instance is not None and (
-            current_step(self._instance) != self._recorded_step
-        ):
+        if self._recorded_step is _SYNCED or self._step_note is not None or self._instance is None:
+            return  # an append carries the value from now on, or a note is planned already
+        if current_step(self._instance) != self._recorded_step:
             self._step_note = asyncio.get_running_loop().call_later(_NOTE_STEP_AFTER, self._note_step)
 
     def _note_step(self) -> None:
         self._step_note = None
         if self._instance is None or self._lost or self._appending or self._noting is not None:
             return  # an append in flight writes the current value itself
+        if self._recorded_step is _SYNCED:
+            return
         value = current_step(self._instance)
         if value != self._recorded_step:
             self._noting = asyncio.get_running_loop().create_task(self._write_step_note(value))
@@ -287,7 +298,8 @@ class RunDriver:
     async def _write_step_note(self, value: str | None) -> None:
         try:
             await self.worker.store.note_current_step(self.run_id, self.worker.worker_id, self.epoch, value)
-            self._recorded_step = value
+            if self._recorded_step is not _SYNCED:
+                self._recorded_step = value
         except Exception:  # only a hint for readers; the next append writes the truth
             log.debug("run %s: writing current_step failed", self.run_id, exc_info=True)
         finally:
@@ -452,7 +464,7 @@ class RunDriver:
         finally:
             self._appending = False
         if "current_step" in update:
-            self._recorded_step = update["current_step"]
+            self._recorded_step = _SYNCED
         self._next_seq += len(events)
         if self._obs is not None:
             self._obs.appended(events)

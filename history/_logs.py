@@ -105,27 +105,65 @@ def line_size(line: LogLine) -> int:
     return len(line.message) + len(line.exc or "") + len(line.extra or b"")
 
 
-def select_lines(
-    lines: Iterable[LogLine],
-    *,
-    step: str | None,
-    attempt: int | None,
-    min_level: int | None,
-    after_id: int,
-    limit: int,
-) -> list[LogLine]:
+class LogQuery(msgspec.Struct, frozen=True):
+    """What ``Store.read_logs`` was asked for: a run's lines with ``id > after_id``, at most ``limit``, filtered by
+    step name, attempt number and lowest level (``None``: any)."""
+
+    run_id: str
+    step: str | None
+    attempt: int | None
+    min_level: int | None
+    after_id: int
+    limit: int
+
+    @property
+    def filters(self) -> tuple[bool, bool, bool]:
+        """Which of step, attempt and lowest level filter: the SQL stores build one statement per combination."""
+        return self.step is not None, self.attempt is not None, self.min_level is not None
+
+    @property
+    def arguments(self) -> list[Any]:
+        """The SQL stores' parameters: run id, after id, limit, then the filters given, in that order."""
+        given = [value for value in (self.step, self.attempt, self.min_level) if value is not None]
+        return [self.run_id, self.after_id, self.limit, *given]
+
+
+class ReadsLogs:
+    """``Store.read_logs`` with its arguments gathered once; a store implements ``_read_log_lines`` (the way
+    ``ListsRuns`` serves ``list_runs``)."""
+
+    async def read_logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        attempt: int | None = None,
+        min_level: int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[LogLine]:
+        """The run's log lines with ``id > after_id``, by id, filtered by step name, attempt number and lowest
+        level; at most ``limit``."""
+        query = LogQuery(run_id, step, attempt, min_level, after_id, max(limit, 0))
+        return await self._read_log_lines(query)
+
+    async def _read_log_lines(self, query: LogQuery) -> list[LogLine]:
+        raise NotImplementedError
+
+
+def select_lines(lines: Iterable[LogLine], query: LogQuery) -> list[LogLine]:
     """``Store.read_logs`` over lines in id order (the memory store's reading; the SQL stores filter alike)."""
     found: list[LogLine] = []
     for line in lines:
-        if len(found) >= limit:
+        if len(found) >= query.limit:
             break
-        if line.id <= after_id:
+        if line.id <= query.after_id:
             continue
-        if step is not None and line.step != step:
+        if query.step is not None and line.step != query.step:
             continue
-        if attempt is not None and line.attempt != attempt:
+        if query.attempt is not None and line.attempt != query.attempt:
             continue
-        if min_level is not None and line.level < min_level:
+        if query.min_level is not None and line.level < query.min_level:
             continue
         found.append(line)
     return found

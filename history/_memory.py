@@ -21,7 +21,7 @@ from ._errors import (
 )
 from ._events import RecordedEvent
 from ._listing import ListsRuns, RunQuery, page_of
-from ._logs import select_lines
+from ._logs import LogQuery, ReadsLogs, select_lines
 from ._memory_metrics import MemoryMetrics
 from ._notify import Hub, InProcessLive
 from ._records import (
@@ -49,7 +49,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryStore(ListsRuns, InProcessLive, MemoryMetrics):
+class MemoryStore(ListsRuns, ReadsLogs, InProcessLive, MemoryMetrics):
     """Runs and histories in dictionaries. ``clock`` can be replaced (``durable.testing`` uses a virtual one)."""
 
     def __init__(self, url: str = "memory://", clock: Callable[[], datetime] = _utcnow) -> None:
@@ -325,19 +325,9 @@ class MemoryStore(ListsRuns, InProcessLive, MemoryMetrics):
         async with self._lock:
             self._add_logs(lines)
 
-    async def read_logs(
-        self,
-        run_id: str,
-        *,
-        step: str | None = None,
-        attempt: int | None = None,
-        min_level: int | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-    ) -> list[LogLine]:
-        """The run's log lines after ``after_id``, by id, filtered."""
-        return select_lines(self._logs.get(run_id, ()), step=step, attempt=attempt, min_level=min_level,
-                            after_id=after_id, limit=max(limit, 0))
+    async def _read_log_lines(self, query: LogQuery) -> list[LogLine]:
+        """The run's log lines after ``after_id``, by id, filtered (``Store.read_logs``)."""
+        return select_lines(self._logs.get(query.run_id, ()), query)
 
     def _child_message(self, child: RunRecord, now: datetime) -> bool:
         parent = self._runs.get(child.parent_id or "")

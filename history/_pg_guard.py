@@ -11,6 +11,7 @@ batch retries) passes through untouched. Costs one Python frame per call.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._errors import DatabaseUnavailable
@@ -28,6 +29,19 @@ def connection_lost(url: str, exc: BaseException) -> DatabaseUnavailable:
     )
 
 
+def _guarded(name: str) -> Callable[..., Awaitable[Any]]:
+    """``GuardedPool.<name>``: the pool's method of that name, a lost connection said as such."""
+
+    async def call(self: GuardedPool, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._pool, name)(*args, **kwargs)
+        except self._lost as exc:
+            raise connection_lost(self._url, exc) from exc
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 class GuardedPool:
     """The store's asyncpg pool, with lost connections raised as ``DatabaseUnavailable``."""
 
@@ -36,29 +50,10 @@ class GuardedPool:
         self._url = url
         self._lost = lost
 
-    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._pool.fetch(*args, **kwargs)
-        except self._lost as exc:
-            raise connection_lost(self._url, exc) from exc
-
-    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._pool.fetchrow(*args, **kwargs)
-        except self._lost as exc:
-            raise connection_lost(self._url, exc) from exc
-
-    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._pool.fetchval(*args, **kwargs)
-        except self._lost as exc:
-            raise connection_lost(self._url, exc) from exc
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._pool.execute(*args, **kwargs)
-        except self._lost as exc:
-            raise connection_lost(self._url, exc) from exc
+    fetch = _guarded("fetch")
+    fetchrow = _guarded("fetchrow")
+    fetchval = _guarded("fetchval")
+    execute = _guarded("execute")
 
     def acquire(self, **kwargs: Any) -> _GuardedAcquire:
         """``pool.acquire()``; a lost connection inside the ``async with`` block is translated on the way out."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+from ._logs import LogQuery, ReadsLogs
 from ._records import Append, LogLine
 
 LOG_COLUMNS = ("id, run_id, at, level, level_name, logger, stream, step, command_id, attempt, message, exc, extra, "
@@ -87,7 +88,7 @@ def _line(row: Any) -> LogLine:
                    extra=None if extra is None else bytes(extra), trace_id=trace_id, span_id=span_id, id=line_id)
 
 
-class PostgresLogs:
+class PostgresLogs(ReadsLogs):
     """``write_logs`` and ``read_logs`` of ``PostgresStore`` (a mixin: it uses the store's pool, ``_db``)."""
 
     _db: Any
@@ -97,18 +98,6 @@ class PostgresLogs:
         if lines:
             await self._db.execute(WRITE_LOGS, *log_columns(lines))
 
-    async def read_logs(
-        self,
-        run_id: str,
-        *,
-        step: str | None = None,
-        attempt: int | None = None,
-        min_level: int | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-    ) -> list[LogLine]:
-        """The run's log lines after ``after_id``, by id, filtered; one round trip."""
-        args: list[Any] = [run_id, after_id, max(limit, 0)]
-        args += [value for value in (step, attempt, min_level) if value is not None]
-        sql = read_logs(step is not None, attempt is not None, min_level is not None)
-        return [_line(row) for row in await self._db.fetch(sql, *args)]
+    async def _read_log_lines(self, query: LogQuery) -> list[LogLine]:
+        """The run's log lines after ``after_id``, by id, filtered (``Store.read_logs``); one round trip."""
+        return [_line(row) for row in await self._db.fetch(read_logs(*query.filters), *query.arguments)]

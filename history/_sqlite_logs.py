@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._logs import LogQuery, ReadsLogs
 from ._records import LogLine
 
 _T = TypeVar("_T")
@@ -59,7 +60,7 @@ def _line(row: Sequence[Any]) -> LogLine:
                    attempt=attempt, exc=exc, extra=extra, trace_id=trace_id, span_id=span_id, id=line_id)
 
 
-class SqliteLogs:
+class SqliteLogs(ReadsLogs):
     """``write_logs`` and ``read_logs`` of ``SqliteStore`` (a mixin: it uses the store's thread and connection)."""
 
     if TYPE_CHECKING:  # provided by SqliteStore
@@ -75,21 +76,9 @@ class SqliteLogs:
         if lines:
             await self._write(_write_logs, list(lines))
 
-    async def read_logs(
-        self,
-        run_id: str,
-        *,
-        step: str | None = None,
-        attempt: int | None = None,
-        min_level: int | None = None,
-        after_id: int = 0,
-        limit: int = 1000,
-    ) -> list[LogLine]:
-        """The run's log lines after ``after_id``, by id, filtered."""
-        args: list[Any] = [run_id, after_id, max(limit, 0)]
-        args += [value for value in (step, attempt, min_level) if value is not None]
-        sql = read_logs(step is not None, attempt is not None, min_level is not None)
-        return await self._call(self._read_logs, sql, args)
+    async def _read_log_lines(self, query: LogQuery) -> list[LogLine]:
+        """The run's log lines after ``after_id``, by id, filtered (``Store.read_logs``)."""
+        return await self._call(self._read_logs, read_logs(*query.filters), query.arguments)
 
     def _read_logs(self, sql: str, args: list[Any]) -> list[LogLine]:
         return [_line(row) for row in self._connection().execute(sql, args)]
